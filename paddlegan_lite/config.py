@@ -1,0 +1,269 @@
+"""Typed run configuration: every default lives here, YAML files hold only what differs.
+
+`load_config(path, overrides)` reads a YAML file (with optional `_base_` inheritance), applies
+`-o key.sub=value` overrides and validates the result once: unknown keys and wrong types raise a
+`ConfigError` that names the key, the file and the valid choices. Code after that receives plain
+dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from paddlegan_lite.errors import UserError
+
+MODEL_NAMES = ("mlp_gan", "dcgan", "acgan")
+LOSS_NAMES = ("vanilla", "lsgan", "hinge")
+DATASET_NAMES = ("mnist", "cifar10", "folder")
+
+
+class ConfigError(UserError):
+    """A config file or override that cannot be used as written."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "dcgan"  # one of MODEL_NAMES
+    nz: int = 100  # latent size; noise is standard normal N(0, 1)
+    image_size: int = 64  # generated images are image_size x image_size
+    channels: int = 1  # image channels (1 gray, 3 RGB); data is converted to this
+    ngf: int = 64  # generator width (DCGAN: filters of the last hidden layer)
+    ndf: int = 64  # discriminator width (DCGAN: filters of the first layer)
+    hidden: int = 256  # MLP GAN hidden units
+    num_classes: int = 0  # > 0 for conditional models (AC-GAN)
+    init_std: float = 0.02  # N(0, init_std) init of conv weights (DCGAN paper); 0 keeps Paddle's
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"  # one of DATASET_NAMES
+    root: str = "data/mnist"  # folder holding the dataset files (or images for `folder`)
+    download: bool = True  # try the official download when files are missing
+    skip_bad: bool = False  # image folders: skip unreadable files (warn with a count)
+    num_workers: int = 0  # DataLoader worker processes (0: load in the main process)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    max_steps: int = 0  # stop after this many steps (0: no cap); for smoke tests
+    batch_size: int = 64
+    loss: str = "vanilla"  # one of LOSS_NAMES
+    real_label: float = 1.0  # target for real images in the D loss (0.9: one-sided smoothing)
+    d_steps: int = 1  # discriminator steps per generator step
+    cls_weight: float = 1.0  # AC-GAN: weight of the class cross-entropy terms
+    device: str = "auto"  # auto (GPU when Paddle has CUDA and a device), cpu, gpu, gpu:N
+    output_dir: str = ""  # run folder; empty means output/<config file stem>
+    log_interval: int = 50  # steps between log lines / VisualDL scalars / metrics.jsonl rows
+    sample_interval: int = 500  # steps between sample grids (also written at the end)
+    save_interval: int = 1000  # steps between checkpoints (also written at the end and on Ctrl-C)
+    keep_checkpoints: int = 3  # newest step checkpoints kept on disk
+    num_samples: int = 64  # images in the fixed-noise sample grid (AC-GAN: rounded to classes)
+
+
+@dataclass
+class AdamConfig:
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+
+
+@dataclass
+class OptimizerConfig:
+    g: AdamConfig = field(default_factory=AdamConfig)  # generator's Adam
+    d: AdamConfig = field(default_factory=AdamConfig)  # discriminator's Adam
+
+
+@dataclass
+class Config:
+    seed: int = 42  # seeds init, data order and every step's noise: runs are repeatable
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    name: str = ""  # run name; defaults to the config file stem
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
+    """Read, merge, override and validate a config file into a `Config`."""
+    path = Path(path)
+    raw = _read_yaml_with_base(path, seen=())
+    for item in overrides or []:
+        _apply_override(raw, item, path)
+    cfg = _build(Config, raw, where="", source=str(path))
+    if not cfg.name:
+        cfg.name = path.stem
+    if not cfg.train.output_dir:
+        cfg.train.output_dir = str(Path("output") / cfg.name)
+    _check_values(cfg, str(path))
+    return cfg
+
+
+def config_from_dict(raw: dict, source: str = "<dict>") -> Config:
+    """Validate an already-parsed mapping (used for configs saved in checkpoints)."""
+    cfg = _build(Config, raw, where="", source=source)
+    _check_values(cfg, source)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def _read_yaml_with_base(path: Path, seen: tuple) -> dict:
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: _base_ chain loops back to itself")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({_one_line(exc)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    base_name = raw.pop("_base_", None)
+    if base_name is None:
+        return raw
+    if not isinstance(base_name, str):
+        raise ConfigError(f"{path}: _base_ must be a file name")
+    base = _read_yaml_with_base(path.parent / base_name, seen + (path.resolve(),))
+    return _merge(base, raw)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _apply_override(raw: dict, item: str, path: Path) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override '{item}' must look like section.key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text  # an unquoted string that YAML cannot parse is taken as written
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{item}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls, raw, where: str, source: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: '{where}' must be a section (mapping), got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in raw if k not in names]
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else str(unknown[0])
+        raise ConfigError(f"{source}: unknown key '{key}' (valid: {', '.join(names)})")
+    values = {}
+    for name in names:
+        if name not in raw:
+            continue
+        key = f"{where}.{name}" if where else name
+        values[name] = _coerce(hints[name], raw[name], key, source)
+    return cls(**values)
+
+
+def _coerce(kind, value, key: str, source: str):
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value, key, source)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(
+        f"{source}: '{key}' must be {kind.__name__}, got {value!r} ({type(value).__name__})"
+    )
+
+
+def _check_values(cfg: Config, source: str) -> None:
+    _check_choice(cfg.model.name, MODEL_NAMES, "model.name", source)
+    _check_choice(cfg.train.loss, LOSS_NAMES, "train.loss", source)
+    _check_choice(cfg.data.name, DATASET_NAMES, "data.name", source)
+    positive = {
+        "model.nz": cfg.model.nz,
+        "model.image_size": cfg.model.image_size,
+        "model.channels": cfg.model.channels,
+        "model.ngf": cfg.model.ngf,
+        "model.ndf": cfg.model.ndf,
+        "model.hidden": cfg.model.hidden,
+        "train.batch_size": cfg.train.batch_size,
+        "train.d_steps": cfg.train.d_steps,
+        "train.log_interval": cfg.train.log_interval,
+        "train.sample_interval": cfg.train.sample_interval,
+        "train.save_interval": cfg.train.save_interval,
+        "train.keep_checkpoints": cfg.train.keep_checkpoints,
+        "train.num_samples": cfg.train.num_samples,
+        "optimizer.g.lr": cfg.optimizer.g.lr,
+        "optimizer.d.lr": cfg.optimizer.d.lr,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{source}: '{key}' must be > 0, got {value}")
+    for key, value in {"train.epochs": cfg.train.epochs, "train.max_steps": cfg.train.max_steps,
+                       "data.num_workers": cfg.data.num_workers,
+                       "model.num_classes": cfg.model.num_classes}.items():
+        if value < 0:
+            raise ConfigError(f"{source}: '{key}' must be >= 0, got {value}")
+    if cfg.train.epochs == 0 and cfg.train.max_steps == 0:
+        raise ConfigError(f"{source}: set 'train.epochs' or 'train.max_steps' above 0")
+    if cfg.model.channels not in (1, 3):
+        raise ConfigError(f"{source}: 'model.channels' must be 1 or 3, got {cfg.model.channels}")
+    if cfg.model.name == "acgan" and cfg.model.num_classes < 2:
+        raise ConfigError(f"{source}: 'model.num_classes' must be >= 2 for acgan")
+    if cfg.model.name != "acgan" and cfg.model.num_classes:
+        raise ConfigError(f"{source}: 'model.num_classes' is only for acgan; set it to 0")
+    device = cfg.train.device
+    if not (device in ("auto", "cpu", "gpu") or (device.startswith("gpu:") and device[4:].isdigit())):
+        raise ConfigError(f"{source}: 'train.device' must be auto, cpu, gpu or gpu:N, got {device!r}")
+    for key, adam in (("optimizer.g", cfg.optimizer.g), ("optimizer.d", cfg.optimizer.d)):
+        for name in ("beta1", "beta2"):
+            beta = getattr(adam, name)
+            if not 0.0 <= beta < 1.0:
+                raise ConfigError(f"{source}: '{key}.{name}' must be in [0, 1), got {beta}")
+
+
+def _check_choice(value: str, choices: tuple, key: str, source: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{source}: '{key}' is {value!r}; valid: {', '.join(choices)}")
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())

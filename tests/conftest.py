@@ -1,0 +1,24 @@
+"""Shared test set-up: the package is imported first so Paddle loads quietly with our CPU flags."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import paddlegan_lite  # noqa: E402,F401
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+def tool_env() -> dict:
+    """Environment for running tools as subprocesses: the repo importable, Paddle single-threaded."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env

@@ -1,0 +1,32 @@
+"""Train a GAN from a YAML config: python tools/train.py -c configs/dcgan_mnist.yaml [-o k=v ...]"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+
+import paddlegan_lite  # noqa: E402,F401  (sets CPU math flags before Paddle loads)
+from paddlegan_lite.cli import add_config_args, run_tool  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_config_args(parser)
+    parser.add_argument(
+        "--resume",
+        default=None,
+        help="checkpoint folder to continue from, or 'auto' for the run folder's newest",
+    )
+    args = parser.parse_args()
+
+    from paddlegan_lite.config import load_config
+    from paddlegan_lite.trainer import train
+
+    cfg = load_config(args.config, args.override)
+    train(cfg, resume=args.resume)
+    return 0
+
+
+if __name__ == "__main__":
+    run_tool(main)
