@@ -30,6 +30,7 @@ class RunLogger:
         from visualdl import LogWriter
 
         self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         if resume_step is not None:
             self._drop_rows_after(resume_step)  # a crashed run may have logged past its checkpoint
