@@ -84,7 +84,7 @@ class GANTrainer:
             )
         total_steps = self.total_steps(steps_per_epoch)
         logger = RunLogger(self.run_dir, resume_step=self.step if resume_from else None)
-        meter = _Meter()
+        meter = _Meter(first_step=self.step + 1)
         last = {}
         self._install_signal_handlers()
         try:
@@ -109,6 +109,7 @@ class GANTrainer:
                     if self.step % t.sample_interval == 0:
                         self.save_samples(logger)
                     if self.step % t.save_interval == 0:
+                        self.check_finite(meter)
                         self.save()
                     if self.step >= total_steps or self._stop_signal is not None:
                         break
@@ -118,6 +119,7 @@ class GANTrainer:
                 log.info(f"{self._stop_signal} received: saving step {self.step} and stopping")
             elif meter.count:
                 last = self.log_metrics(logger, meter, total_steps)
+            self.check_finite(meter)
             if self.step % t.sample_interval:
                 self.save_samples(logger)
             if self.step % t.save_interval:
@@ -191,8 +193,21 @@ class GANTrainer:
     def sample_grid_nrow(self) -> int | None:
         return None
 
+    def check_finite(self, meter) -> None:
+        """Stop on a nan/inf loss before anything logs or saves it; the last checkpoint stays."""
+        bad = meter.first_non_finite()
+        if bad is None:
+            return
+        step, loss_d, loss_g = bad
+        kept = ckpt.find_latest(self.ckpt_dir)
+        raise UserError(
+            f"non-finite loss at step {step} (loss_d={loss_d}, loss_g={loss_g}): stopped without "
+            f"saving; last good checkpoint: {kept or 'none'} (try a lower learning rate)"
+        )
+
     def log_metrics(self, logger: RunLogger, meter, total_steps: int) -> dict:
-        values = meter.flush()
+        self.check_finite(meter)
+        values = meter.flush(next_step=self.step + 1)
         remaining = (total_steps - self.step) * values.pop("sec_per_step")
         line = (
             f"epoch {self.epoch} step {self.step}/{total_steps} loss_d {values['loss_d']:.4f} "
@@ -314,37 +329,58 @@ class ACGANTrainer(GANTrainer):
 
 
 class _Meter:
-    """Sums step statistics as device tensors; reads them back (one sync) only when logging."""
+    """Keeps each step's statistics as device tensors and reads them back (one sync) only when
+    logging or saving: no per-step host sync, and the first non-finite loss is still found."""
 
-    def __init__(self):
-        self._reset()
+    def __init__(self, first_step: int = 1):
+        self._reset(first_step)
 
-    def _reset(self):
-        self.count, self.g_count, self.images = 0, 0, 0
-        self.sums = {"loss_d": 0.0, "loss_g": 0.0, "d_real": 0.0, "d_fake": 0.0}
+    def _reset(self, first_step: int) -> None:
+        self.first_step = first_step  # the step the first row belongs to
+        self.rows = []  # per step: [loss_d, loss_g, d_real, d_fake] on the device
+        self.host = np.zeros((0, 4))
+        self.g_steps = []  # whether each step updated G (with train.d_steps > 1 some do not)
+        self.images = 0
         self.start = time.perf_counter()
 
+    @property
+    def count(self) -> int:
+        return len(self.g_steps)
+
     def add(self, loss_d, loss_g, d_real, d_fake, batch_size: int) -> None:
-        self.sums["loss_d"] = self.sums["loss_d"] + loss_d
-        self.sums["d_real"] = self.sums["d_real"] + d_real
-        self.sums["d_fake"] = self.sums["d_fake"] + d_fake
-        if loss_g is not None:
-            self.sums["loss_g"] = self.sums["loss_g"] + loss_g
-            self.g_count += 1
-        self.count += 1
+        g_value = loss_g if loss_g is not None else paddle.zeros_like(loss_d)
+        self.rows.append(paddle.stack([loss_d, g_value, d_real, d_fake]).reshape([4]))
+        self.g_steps.append(loss_g is not None)
         self.images += batch_size
 
-    def flush(self) -> dict:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
+    def read(self) -> np.ndarray:
+        """All rows so far as float64 [steps, 4]."""
+        if self.rows:
+            fresh = paddle.stack(self.rows).numpy().astype(np.float64)
+            self.host, self.rows = np.concatenate([self.host, fresh]), []
+        return self.host
+
+    def first_non_finite(self):
+        """(step, loss_d, loss_g) of the first step whose loss is nan/inf, or None."""
+        losses = self.read()[:, :2]
+        bad = np.flatnonzero(~np.isfinite(losses).all(axis=1))
+        if not len(bad):
+            return None
+        return self.first_step + int(bad[0]), float(losses[bad[0], 0]), float(losses[bad[0], 1])
+
+    def flush(self, next_step: int) -> dict:
+        """Means since the last flush, then start over at `next_step`."""
+        rows, elapsed = self.read(), max(time.perf_counter() - self.start, 1e-9)
+        g_rows = rows[np.asarray(self.g_steps, dtype=bool), 1]
         values = {
-            "loss_d": float(self.sums["loss_d"]) / self.count,
-            "loss_g": float(self.sums["loss_g"]) / max(self.g_count, 1),
-            "d_real": float(self.sums["d_real"]) / self.count,
-            "d_fake": float(self.sums["d_fake"]) / self.count,
+            "loss_d": float(rows[:, 0].mean()),
+            "loss_g": float(g_rows.mean()) if len(g_rows) else float("nan"),
+            "d_real": float(rows[:, 2].mean()),
+            "d_fake": float(rows[:, 3].mean()),
             "images_per_sec": self.images / elapsed,
-            "sec_per_step": elapsed / self.count,
+            "sec_per_step": elapsed / max(self.count, 1),
         }
-        self._reset()
+        self._reset(next_step)
         return values
 
 

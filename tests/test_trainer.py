@@ -15,6 +15,7 @@ from data_files import write_idx, write_mnist_idx
 from paddlegan_lite.checkpoint import CheckpointError, find_latest, load_checkpoint
 from paddlegan_lite.config import load_config
 from paddlegan_lite.datasets import build_dataset
+from paddlegan_lite.errors import UserError
 from paddlegan_lite.trainer import build_trainer, train
 
 
@@ -161,3 +162,26 @@ def test_sigint_saves_a_resumable_latest(repo_root, mnist_root, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"at step {state['step']}" in resumed.stdout
     assert load_checkpoint(find_latest(out / "checkpoints"))[0]["step"] == state["step"] + 2
+
+
+def test_non_finite_loss_stops_without_saving_it(repo_root, mnist_root, tmp_path):
+    cfg = tiny_cfg(
+        repo_root, "dcgan_mnist", mnist_root, tmp_path / "run", "train.max_steps=6",
+        "train.save_interval=2", "train.log_interval=100",
+    )  # fmt: skip
+    trainer = build_trainer(cfg, build_dataset(cfg.data, 32, 1))
+    real_g_step = trainer.g_step
+
+    def g_step_going_nan(fake, gen_labels):  # as if the generator's loss blew up at step 4
+        loss = real_g_step(fake, gen_labels)
+        return loss * float("nan") if trainer.step == 3 else loss
+
+    trainer.g_step = g_step_going_nan
+    with pytest.raises(UserError, match=r"non-finite loss at step 4 \(loss_d=[\d.]+, loss_g=nan\)"):
+        trainer.fit()
+    state, _ = load_checkpoint(find_latest(tmp_path / "run" / "checkpoints"))
+    assert state["step"] == 2  # the last good checkpoint; nothing written at or after step 4
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
+        "latest",
+        "step_00000002",
+    ]
