@@ -26,5 +26,6 @@ setup(
     extras_require={
         "cpu": ["paddlepaddle>=3.0"],
         "dev": ["pytest>=7", "ruff>=0.5", "hypothesis>=6"],
+        "onnx": ["paddle2onnx>=2.0", "onnxruntime>=1.16"],  # optional: tools/export_model.py --onnx
     },
 )

@@ -1,0 +1,330 @@
+"""Export a checkpoint's generator as a static-graph Paddle Inference model plus `infer_cfg.yml`.
+
+The graph takes z float32 [N, nz] (and labels int64 [N] for AC-GAN) with any N and returns
+float32 images [N, C, H, W] in [0, 1]. Export reloads it with Paddle Inference (and ONNX Runtime
+for `--onnx`) and refuses to finish unless it matches the dynamic-graph generator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import paddle
+import yaml
+from paddle import nn
+from paddle.static import InputSpec
+
+from paddlegan_lite import checkpoint as ckpt
+from paddlegan_lite import inference
+from paddlegan_lite.config import Config, config_from_dict, config_to_dict
+from paddlegan_lite.errors import UserError
+from paddlegan_lite.logger import log
+from paddlegan_lite.models import build_models
+
+MODEL_PREFIX = "inference"  # -> inference.json (inference.pdmodel before PIR) + .pdiparams
+ONNX_FILE = "inference.onnx"
+ONNX_OPSET = 11
+# Largest |exported - dynamic| accepted, in [0, 1] image units. Seen: 3e-8 to 6e-8 (float32
+# rounding of reordered sums). One uint8 level is 1/255 = 3.9e-3, so a difference within 1e-4
+# cannot change an image visibly, while the faults the check is for are far larger (BatchNorm
+# left in training mode: 0.24-0.34 even on generators trained for 3 steps).
+TOLERANCE = 1e-4
+CHECK_BATCH = 8
+
+
+class ExportError(UserError):
+    """An export that cannot be made, or that does not reproduce the dynamic graph."""
+
+
+def to_unit_range(images):
+    """Generator output in [-1, 1] -> [0, 1]."""
+    return images * 0.5 + 0.5
+
+
+class UnconditionalExport(nn.Layer):
+    """z [N, nz] -> float32 images [N, C, H, W] in [0, 1]: the generator and its post-processing.
+
+    Floats in [0, 1] rather than uint8: the export check and ONNX Runtime compare floats against
+    the dynamic graph with a real tolerance (uint8 rounding would turn 1e-7 into a whole level),
+    and float output stays usable for further processing; uint8 is one line on the host.
+    """
+
+    def __init__(self, netG: nn.Layer):
+        super().__init__()
+        self.netG = netG
+
+    def forward(self, z):
+        return to_unit_range(self.netG(z))
+
+
+class ConditionalExport(UnconditionalExport):
+    """(z [N, nz], labels int64 [N]) -> float32 images [N, C, H, W] in [0, 1]."""
+
+    def forward(self, z, labels):
+        return to_unit_range(self.netG(z, labels))
+
+
+# ---------------------------------------------------------------------- the whole export
+def export_model(
+    checkpoint: str | Path,
+    output_dir: str | Path | None = None,
+    cfg: Config | None = None,
+    onnx: bool = False,
+) -> dict:
+    """Checkpoint -> verified model folder (default inference/<run name>); returns its infer config.
+
+    The model is rebuilt from the checkpoint's own config; `cfg` (from `-c`) is only compared
+    with it, so a config that would build another model is refused instead of half-loaded.
+    """
+    checkpoint = resolve_checkpoint(checkpoint)
+    netG, run_cfg, state = load_generator(checkpoint)
+    if cfg is not None:
+        check_same_model(cfg, run_cfg, checkpoint)
+    output_dir = Path(output_dir) if output_dir else Path("inference") / run_cfg.name
+    (output_dir / ONNX_FILE).unlink(missing_ok=True)  # an earlier export's; it would not match
+    source = {"checkpoint": str(checkpoint.resolve()), "step": int(state.get("step", 0))}
+    infer_cfg = export_generator(netG, output_dir, config_to_dict(run_cfg), source)
+    log.info(f"exported {run_cfg.model.name} generator to {output_dir}")
+
+    z, labels = check_inputs(netG, CHECK_BATCH)
+    expected = run_dynamic(netG, z, labels)
+    try:
+        max_diff = check_paddle_inference(output_dir, z, labels, expected)
+    except ExportError as exc:
+        (output_dir / inference.INFER_CFG).unlink()  # without it no tool will deploy the model
+        raise ExportError(f"{exc}; removed {inference.INFER_CFG} from {output_dir}") from None
+    infer_cfg["check"] = {
+        "batch_size": CHECK_BATCH,
+        "tolerance": TOLERANCE,
+        "paddle_inference_max_abs_diff": max_diff,
+    }
+    write_infer_cfg(output_dir, infer_cfg)
+    if onnx:
+        onnx_diff = export_onnx(output_dir, infer_cfg, z, labels, expected)
+        if onnx_diff is not None:
+            infer_cfg["onnx_file"] = ONNX_FILE
+            infer_cfg["check"]["onnx_max_abs_diff"] = onnx_diff
+            write_infer_cfg(output_dir, infer_cfg)
+    return infer_cfg
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder as given, or the newest one in a run folder or its checkpoints/."""
+    path = Path(path).expanduser()
+    if (path / ckpt.STATE_FILE).is_file():
+        return path
+    for folder in (path / "checkpoints", path):
+        found = ckpt.find_latest(folder)
+        if found is not None:
+            return found
+    raise ckpt.CheckpointError(
+        f"no checkpoint at {path} (expected a checkpoint folder such as "
+        "output/<run>/checkpoints/latest, or a run folder holding one)"
+    )
+
+
+def load_generator(checkpoint: Path):
+    """(netG in eval mode, the run's Config, state dict) from a checkpoint folder."""
+    state, tensors = ckpt.load_checkpoint(checkpoint)
+    if not isinstance(state.get("config"), dict):
+        raise ckpt.CheckpointError(f"checkpoint {checkpoint}: state.json holds no config")
+    run_cfg = config_from_dict(state["config"], source=f"{checkpoint}/{ckpt.STATE_FILE}")
+    netG, _ = build_models(run_cfg.model)
+    ckpt.load_layer_arrays(netG, tensors["netG"], "generator")
+    netG.eval()  # BatchNorm with running statistics: one image never depends on its batch
+    return netG, run_cfg, state
+
+
+def check_same_model(cfg: Config, run_cfg: Config, checkpoint: Path) -> None:
+    """Refuse a `-c` config whose model section differs from the checkpoint's."""
+    given, saved = config_to_dict(cfg)["model"], config_to_dict(run_cfg)["model"]
+    diffs = [
+        f"model.{k}={given[k]!r} (checkpoint: {saved[k]!r})" for k in saved if given[k] != saved[k]
+    ]
+    if diffs:
+        raise ExportError(
+            f"the config differs from the one checkpoint {checkpoint} was trained with: "
+            f"{', '.join(diffs)}; pass the run's own config (or the same -o overrides), or "
+            "leave out -c"
+        )
+
+
+# ---------------------------------------------------------------------- saving
+def export_generator(netG: nn.Layer, output_dir: Path, config: dict, source: dict) -> dict:
+    """`paddle.jit.save` netG (eval mode) with a dynamic batch dimension, then infer_cfg.yml."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    conditional = netG.num_classes > 0
+    specs = [InputSpec([None, netG.nz], "float32", name="z")]
+    if conditional:
+        specs.append(InputSpec([None], "int64", name="labels"))
+    wrapper = (ConditionalExport if conditional else UnconditionalExport)(netG)
+    wrapper.eval()
+    paddle.jit.save(wrapper, str(output_dir / MODEL_PREFIX), input_spec=specs)
+    infer_cfg = make_infer_cfg(netG, output_dir, config, source)
+    write_infer_cfg(output_dir, infer_cfg)
+    return infer_cfg
+
+
+def make_infer_cfg(netG: nn.Layer, output_dir: Path, config: dict, source: dict) -> dict:
+    """Everything a deployment needs to feed the model and read its output."""
+    model_file = _saved_model_file(output_dir)
+    channels, height, width = (int(v) for v in netG.image_shape)
+    inputs = [{"name": "z", "dtype": "float32", "shape": [-1, int(netG.nz)]}]
+    if netG.num_classes:
+        inputs.append(
+            {
+                "name": "labels",
+                "dtype": "int64",
+                "shape": [-1],
+                "range": [0, int(netG.num_classes) - 1],
+            }
+        )
+    return {
+        "format": inference.INFER_CFG_FORMAT,
+        "model": config["model"]["name"],
+        "nz": int(netG.nz),
+        "num_classes": int(netG.num_classes),
+        "image_shape": [channels, height, width],
+        "value_range": [0.0, 1.0],
+        "model_file": model_file,
+        "params_file": f"{MODEL_PREFIX}.pdiparams",
+        "inputs": inputs,
+        "output": {"dtype": "float32", "layout": "NCHW", "shape": [-1, channels, height, width]},
+        "latent": inference.LATENT_RULE,
+        "source": {**source, "paddle": paddle.__version__},
+        "config": config,
+    }
+
+
+def _saved_model_file(output_dir: Path) -> str:
+    for suffix in (".json", ".pdmodel"):  # Paddle 3 (PIR) writes .json, earlier versions .pdmodel
+        if (output_dir / f"{MODEL_PREFIX}{suffix}").is_file():
+            return f"{MODEL_PREFIX}{suffix}"
+    raise ExportError(f"paddle.jit.save wrote no {MODEL_PREFIX}.json or .pdmodel in {output_dir}")
+
+
+def write_infer_cfg(output_dir: Path, infer_cfg: dict) -> Path:
+    path = output_dir / inference.INFER_CFG
+    path.write_text(yaml.safe_dump(infer_cfg, sort_keys=False), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------- checking
+def check_inputs(netG: nn.Layer, batch_size: int):
+    """Fixed noise (seeds 0..batch_size-1) and labels cycling through the classes."""
+    z = inference.seed_latents(range(batch_size), netG.nz)
+    labels = np.arange(batch_size, dtype=np.int64) % netG.num_classes if netG.num_classes else None
+    return z, labels
+
+
+def run_dynamic(netG: nn.Layer, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+    """The dynamic-graph reference: float32 [N, C, H, W] in [0, 1]."""
+    with paddle.no_grad():
+        args = [paddle.to_tensor(z)] + ([] if labels is None else [paddle.to_tensor(labels)])
+        return to_unit_range(netG(*args)).numpy()
+
+
+def check_paddle_inference(model_dir: Path, z, labels, expected: np.ndarray) -> float:
+    """Run the saved model with Paddle Inference (the predictor users get) and compare."""
+    actual = inference.Generator(model_dir).run(z, labels)
+    return check_close("Paddle Inference", actual, expected)
+
+
+def check_close(what: str, actual: np.ndarray, expected: np.ndarray) -> float:
+    """Max |actual - expected|, logged; an ExportError beyond TOLERANCE (or on NaN)."""
+    if actual.shape != expected.shape:
+        raise ExportError(
+            f"{what} output has shape {list(actual.shape)}, the dynamic graph "
+            f"{list(expected.shape)}"
+        )
+    max_diff = float(np.max(np.abs(actual.astype(np.float64) - expected)))
+    log.info(
+        f"check: {what} vs dynamic graph on {len(expected)} images: max abs diff "
+        f"{max_diff:.3g} (tolerance {TOLERANCE:g})"
+    )
+    if not max_diff <= TOLERANCE:  # `not <=` also catches NaN
+        raise ExportError(
+            f"the {what} model differs from the dynamic-graph generator by "
+            f"{max_diff:.3g} (> tolerance {TOLERANCE:g}): the export is wrong"
+        )
+    return max_diff
+
+
+# ---------------------------------------------------------------------- ONNX
+def export_onnx(model_dir: Path, infer_cfg: dict, z, labels, expected) -> float | None:
+    """Convert to `inference.onnx` with paddle2onnx and check it with ONNX Runtime.
+
+    Returns the max difference, or None (with a message) where the packages are not installed.
+    """
+    try:
+        import onnxruntime
+        import paddle2onnx
+    except ImportError as exc:
+        log.info(
+            f"ONNX export skipped: {exc.name} is not installed "
+            "(pip install paddle2onnx onnxruntime); the Paddle model is exported"
+        )
+        return None
+    onnx_path = model_dir / ONNX_FILE
+    onnx_path.unlink(missing_ok=True)
+    failure = run_paddle2onnx(
+        paddle2onnx,
+        model_dir / infer_cfg["model_file"],
+        model_dir / infer_cfg["params_file"],
+        onnx_path,
+    )
+    if failure or not onnx_path.is_file():
+        raise ExportError(
+            f"paddle2onnx {paddle2onnx.__version__} could not convert the model "
+            f"({failure or 'it wrote no file'}); the Paddle Inference model in {model_dir} is "
+            "exported and checked, only the ONNX file is missing"
+        )
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # its notes on paddle2onnx's unused constants are noise
+    session = onnxruntime.InferenceSession(
+        str(onnx_path), options, providers=["CPUExecutionProvider"]
+    )
+    feeds = {"z": z} if labels is None else {"z": z, "labels": labels}
+    actual = session.run(None, feeds)[0]
+    try:
+        max_diff = check_close("ONNX Runtime", actual, expected)
+    except ExportError:
+        onnx_path.unlink()  # a wrong ONNX file must not be left for someone to deploy
+        raise
+    log.info(f"saved {onnx_path}")
+    return max_diff
+
+
+def run_paddle2onnx(paddle2onnx, model_file: Path, params_file: Path, onnx_path: Path):
+    """Convert; returns None on success, else paddle2onnx's reason as one line.
+
+    paddle2onnx 2.x reports a failed conversion by printing it and calling `sys.exit(-1)`, so its
+    printout is captured to recover the reason and SystemExit is caught to keep the process.
+    """
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            # optimize_tool="None": the default (polygraphy) pip-installs packages mid-export
+            paddle2onnx.export(
+                str(model_file),
+                str(params_file),
+                save_file=str(onnx_path),
+                opset_version=ONNX_OPSET,
+                optimize_tool="None",
+            )
+    except (Exception, SystemExit) as exc:  # its C++ parser raises assorted types
+        return _paddle2onnx_reason(printed.getvalue()) or inference.error_summary(exc)
+    return None
+
+
+def _paddle2onnx_reason(printed: str) -> str:
+    """The first [ERROR] message in paddle2onnx's printout, without colour codes."""
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", printed).splitlines():
+        if "[ERROR]" in line:
+            message = line.split("[ERROR]", 1)[1].strip()
+            return message.removeprefix("Failed to convert PaddlePaddle model:").strip()
+    return ""
