@@ -29,7 +29,7 @@ class ConfigError(UserError):
 
 @dataclass
 class ModelConfig:
-    name: str = "dcgan"  # one of MODEL_NAMES
+    name: str = "dcgan"  # mlp_gan | dcgan | acgan
     nz: int = 100  # latent size; noise is standard normal N(0, 1)
     image_size: int = 64  # generated images are image_size x image_size
     channels: int = 1  # image channels (1 gray, 3 RGB); data is converted to this
@@ -42,7 +42,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "mnist"  # one of DATASET_NAMES
+    name: str = "mnist"  # mnist | cifar10 | folder
     root: str = "data/mnist"  # folder holding the dataset files (or images for `folder`)
     download: bool = True  # try the official download when files are missing
     skip_bad: bool = False  # image folders: skip unreadable files (warn with a count)
@@ -51,10 +51,10 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 5
+    epochs: int = 5  # passes over the dataset (0: run until max_steps)
     max_steps: int = 0  # stop after this many steps (0: no cap); for smoke tests
-    batch_size: int = 64
-    loss: str = "vanilla"  # one of LOSS_NAMES
+    batch_size: int = 64  # images per step (the last partial batch of an epoch is dropped)
+    loss: str = "vanilla"  # vanilla | lsgan | hinge (see losses.py)
     real_label: float = 1.0  # target for real images in the D loss (0.9: one-sided smoothing)
     d_steps: int = 1  # discriminator steps per generator step
     cls_weight: float = 1.0  # AC-GAN: weight of the class cross-entropy terms
@@ -69,9 +69,9 @@ class TrainConfig:
 
 @dataclass
 class AdamConfig:
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
+    lr: float = 2e-4  # learning rate (constant)
+    beta1: float = 0.5  # Adam momentum; 0.5 as in the DCGAN paper
+    beta2: float = 0.999  # Adam second-moment decay
 
 
 @dataclass

@@ -309,6 +309,31 @@ def test_cifar10_malicious_pickle_is_refused(tmp_path):
     assert not marker.exists()
 
 
+def test_cifar10_python3_protocol2_batches_are_read(tmp_path):
+    """Re-packed copies (such as the 4,000-image subset) pickle bytes as _codecs.encode(s, latin1)."""
+    images = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    batch = pickle.dumps({b"data": images, b"labels": [3, 7]}, protocol=2)
+    assert b"_codecs" in batch
+    write_cifar10_tarball(tmp_path, n_per_batch=2, replace={"data_batch_1": batch})
+    ds = build_dataset(cifar_cfg(tmp_path), image_size=32, channels=3)
+    first, label = ds[0]
+    np.testing.assert_array_equal(to_uint8(first[None])[0], images[0].reshape(3, 32, 32))
+    assert int(label) == 3
+
+
+def test_cifar10_codecs_encode_other_than_latin1_is_refused(tmp_path):
+    class Encoded:
+        def __reduce__(self):
+            import _codecs
+
+            return _codecs.encode, ("abc", "rot13")
+
+    evil = pickle.dumps({b"data": Encoded(), b"labels": [0]}, protocol=2)
+    write_cifar10_tarball(tmp_path, n_per_batch=2, replace={"data_batch_1": evil})
+    with pytest.raises(DatasetError, match="data_batch_1"):
+        build_dataset(cifar_cfg(tmp_path), image_size=32, channels=3)
+
+
 @pytest.mark.parametrize("download", [False, True])
 def test_cifar10_missing_tarball_names_file_folder_and_url(tmp_path, download, no_network):
     root = tmp_path / "cifar"

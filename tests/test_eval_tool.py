@@ -1,0 +1,203 @@
+"""tools/eval.py run as a user runs it: on a checkpoint from a few-step tools/train.py run, and on
+the same generator exported with tools/export_model.py (both must give the same numbers); and
+the evaluation behind it: which real images play which part, and that a generator producing real
+held-out images scores exactly the floor."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tool_env
+from data_files import write_mnist_idx
+
+from paddlegan_lite import evaluation
+from paddlegan_lite.config import DataConfig
+from paddlegan_lite.datasets import build_dataset
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG = "configs/acgan_mnist.yaml"
+NUM_SAMPLES = 100  # = the test split, so the floor's class accuracy is the classifier's
+CLASSIFIER_STEPS = 30
+METRICS = {"fid", "kid", "kid_std", "is", "is_std", "class_acc", "precision", "recall"}
+
+
+def run_tool(script, *args, cache, timeout=240):
+    env = tool_env()
+    env["PADDLEGAN_LITE_CACHE"] = str(cache)
+    cmd = [sys.executable, script, *map(str, args)]
+    return subprocess.run(
+        cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 3-step AC-GAN run on tiny MNIST files: {root, data, checkpoint, cache, overrides}."""
+    root = tmp_path_factory.mktemp("eval_tool")
+    write_mnist_idx(root / "mnist", n=200, seed=1, n_test=NUM_SAMPLES)
+    data = [f"data.root={root / 'mnist'}", "data.download=false"]
+    train = data + [
+        "model.ngf=8",
+        "model.ndf=4",
+        "model.init_std=0",  # images that differ from one another after 3 steps
+        f"train.output_dir={root / 'run'}",
+        "train.max_steps=3",
+        "train.batch_size=16",
+        "train.num_samples=10",
+    ]
+    proc = run_tool("tools/train.py", "-c", CONFIG, "-o", *train, cache=root / "cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    checkpoint = root / "run" / "checkpoints" / "latest"
+    return {"root": root, "data": data, "checkpoint": checkpoint, "cache": root / "cache"}
+
+
+def eval_args(*source):
+    return [
+        *source,
+        "--num_samples",
+        NUM_SAMPLES,
+        "--batch_size",
+        32,
+        "--classifier_steps",
+        CLASSIFIER_STEPS,
+    ]
+
+
+@pytest.fixture(scope="module")
+def checkpoint_report(run):
+    output = run["root"] / "checkpoint_eval.json"
+    args = eval_args("-c", CONFIG, "-o", *run["data"], "--checkpoint", run["checkpoint"])
+    proc = run_tool("tools/eval.py", *args, "--output", output, cache=run["cache"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, json.loads(output.read_text())
+
+
+def test_eval_on_a_checkpoint_prints_a_table_and_writes_json(run, checkpoint_report):
+    proc, report = checkpoint_report
+    assert "Traceback" not in proc.stderr
+    table = proc.stdout[proc.stdout.index("metric") :]
+    assert "generated" in table and "floor (real held-out)" in table
+    for label in ("FID", "KID", "IS", "class accuracy", "precision", "recall"):
+        assert any(line.startswith(label) for line in table.splitlines()), label
+
+    assert set(report["generated"]) == METRICS
+    assert set(report["floor"]) == METRICS | {"num_samples"}
+    assert report["num_samples"] == NUM_SAMPLES and report["floor"]["num_samples"] == NUM_SAMPLES
+    assert report["model"]["step"] == 3 and report["model"]["num_classes"] == 10
+    assert report["data"]["reference_images"] == 200
+    assert report["data"]["heldout"].startswith("the test split")
+    for values in (report["generated"], report["floor"]):
+        assert all(np.isfinite(v) for v in values.values())
+        assert 0.0 <= values["precision"] <= 1.0 and 0.0 <= values["recall"] <= 1.0
+        assert 1.0 <= values["is"] <= 10.0  # IS is between 1 and the number of classes
+
+    # the floor's class accuracy is the classifier's own accuracy on the held-out images
+    accuracy = report["extractor"]["test_accuracy"]
+    assert report["floor"]["class_acc"] == pytest.approx(accuracy)
+    # three training steps are far from the data; held-out digits are not
+    assert report["generated"]["fid"] > 10 * report["floor"]["fid"]
+    assert report["generated"]["kid"] > report["floor"]["kid"] + 5 * report["generated"]["kid_std"]
+
+
+def test_classifier_and_real_features_are_cached(run, checkpoint_report):
+    names = sorted(p.name for p in run["cache"].iterdir())
+    classifiers = [n for n in names if n.startswith("classifier-mnist-1x28x28-v1-30steps-")]
+    assert len(classifiers) == 2  # .json and .safetensors
+    assert len([n for n in names if n.startswith("real-classifier-")]) == 2  # reference, held-out
+
+    # a second evaluation reuses both: no training, no real features computed again
+    output = run["root"] / "again.json"
+    args = eval_args("-c", CONFIG, "-o", *run["data"], "--checkpoint", run["checkpoint"])
+    proc = run_tool("tools/eval.py", *args, "--seed", 1, "--output", output, cache=run["cache"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "first use" not in proc.stdout and "features of" not in proc.stdout
+    again = json.loads(output.read_text())
+    _, first = checkpoint_report
+    assert again["floor"]["fid"] == pytest.approx(first["floor"]["fid"], rel=1e-12)
+    assert again["generated"]["fid"] != pytest.approx(first["generated"]["fid"], rel=1e-6)
+
+
+def export_available() -> bool:
+    return (REPO_ROOT / "paddlegan_lite" / "inference.py").is_file() and (
+        REPO_ROOT / "tools" / "export_model.py"
+    ).is_file()
+
+
+@pytest.mark.skipif(
+    not export_available(),
+    reason="paddlegan_lite/inference.py or tools/export_model.py is not in this tree yet",
+)
+def test_eval_on_an_exported_model_matches_the_checkpoint(run, checkpoint_report):
+    model_dir = run["root"] / "exported"
+    proc = run_tool(
+        "tools/export_model.py",
+        "--checkpoint",
+        run["checkpoint"],
+        "--output_dir",
+        model_dir,
+        cache=run["cache"],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    args = eval_args("--model_dir", model_dir, "--data", CONFIG, "-o", *run["data"])
+    proc = run_tool("tools/eval.py", *args, cache=run["cache"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((model_dir / "eval.json").read_text())  # the default output path
+    assert report["model"]["source"] == "model_dir"
+    _, from_checkpoint = checkpoint_report
+    # same latents, same weights: Paddle Inference differs from the dynamic graph by ~1e-7
+    for key in ("fid", "kid", "is", "precision", "recall", "class_acc"):
+        expected = from_checkpoint["generated"][key]
+        assert report["generated"][key] == pytest.approx(expected, rel=1e-3, abs=1e-6), key
+    assert report["floor"] == pytest.approx(from_checkpoint["floor"])
+
+
+def test_inception_without_weights_is_one_line_and_exit_2(run):
+    args = ["-c", CONFIG, "-o", *run["data"], "--checkpoint", run["checkpoint"]]
+    proc = run_tool("tools/eval.py", *args, "--extractor", "inception", cache=run["cache"])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert proc.stderr.startswith("error: the inception extractor needs its weights")
+
+
+# ---------------------------------------------------------------------- the evaluation itself
+def test_without_a_test_split_training_images_are_held_out(run):
+    train = build_dataset(DataConfig(root=str(run["root"] / "mnist"), download=False), 28, 1)
+    real = evaluation.split_real_data(train, test_dataset=None)
+    assert real.test is train
+    assert len(real.heldout) == 40 and len(real.reference) == 160  # 20% of 200 held out
+    assert not set(real.heldout) & set(real.classifier_train)
+    assert sorted([*real.heldout, *real.classifier_train]) == list(range(200))
+    again = evaluation.split_real_data(train, train)  # a "test split" that is the same data
+    np.testing.assert_array_equal(again.heldout, real.heldout)
+
+
+def test_a_generator_of_heldout_images_scores_the_floor_and_noise_does_not(run, monkeypatch):
+    monkeypatch.setenv("PADDLEGAN_LITE_CACHE", str(run["cache"]))
+    data_cfg = DataConfig(root=str(run["root"] / "mnist"), download=False)
+    evaluator = evaluation.build_evaluator(
+        data_cfg, 28, 1, nz=4, num_samples=60, batch_size=25, classifier_steps=CLASSIFIER_STEPS
+    )
+    real = evaluator.real
+    served = []
+
+    def heldout_images(z, labels):
+        start = sum(len(b) for b in served)
+        served.append(z)
+        return real.test.get_batch(real.heldout[start : start + len(z)])[0]
+
+    floor = evaluator.floor()
+    generated = evaluator(heldout_images)
+    assert generated == pytest.approx({k: v for k, v in floor.items() if k != "num_samples"})
+    assert "class_acc" not in generated  # unconditional: no requested classes
+
+    def noise(z, labels):
+        rng = np.random.default_rng(len(served))
+        served.append(z)
+        return rng.uniform(-1, 1, (len(z), 1, 28, 28)).astype(np.float32)
+
+    bad = evaluator(noise)
+    assert bad["fid"] > 10 * floor["fid"]
+    assert bad["precision"] == pytest.approx(0.0, abs=0.05)

@@ -1,0 +1,201 @@
+"""Feature extractors: the classifier trains on tiny real-format data, caches itself and reloads
+identically; the FID InceptionV3 has the reference architecture, loads safetensors weights and
+refuses what it cannot use with one clear message."""
+
+import json
+
+import numpy as np
+import paddle
+import pytest
+from data_files import write_mnist_idx
+from safetensors.numpy import save_file
+
+from paddlegan_lite import extractors
+from paddlegan_lite.config import DataConfig
+from paddlegan_lite.datasets import build_dataset
+from paddlegan_lite.errors import UserError
+from paddlegan_lite.extractors import (
+    CACHE_ENV,
+    ClassifierExtractor,
+    FIDInceptionV3,
+    InceptionExtractor,
+    dataset_fingerprint,
+    resolve_cache_dir,
+)
+
+STEPS = 40
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    """Nothing in this module may write to ~/.cache: the default cache is a temporary folder."""
+    folder = tmp_path_factory.mktemp("default_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CACHE_ENV, str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def mnist(tmp_path_factory):
+    """(train, test) datasets of 28x28 pattern digits: 200 training and 60 test images."""
+    root = tmp_path_factory.mktemp("mnist")
+    write_mnist_idx(root, n=200, seed=3, n_test=60)
+    cfg = DataConfig(root=str(root), download=False)
+    return build_dataset(cfg, 28, 1, train=True), build_dataset(cfg, 28, 1, train=False)
+
+
+@pytest.fixture(scope="module")
+def trained(mnist, tmp_path_factory):
+    """(classifier trained STEPS steps, its cache folder)."""
+    cache = tmp_path_factory.mktemp("cache")
+    train, test = mnist
+    extractor = ClassifierExtractor.load_or_train(
+        train, test, "mnist", cache_dir=cache, steps=STEPS
+    )
+    return extractor, cache
+
+
+# ---------------------------------------------------------------------- classifier
+def test_classifier_trains_and_reports_its_test_accuracy(mnist, trained):
+    _, test = mnist
+    extractor, _ = trained
+    images, labels = test.get_batch(np.arange(len(test)))
+    features, probs = extractor.extract(images)
+    assert features.shape == (60, 128) and probs.shape == (60, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-12)
+    accuracy = float(np.mean(probs.argmax(axis=1) == labels))
+    assert extractor.test_accuracy == pytest.approx(accuracy)
+    assert extractor.info["num_train"] == 200 and extractor.info["num_test"] == 60
+    assert accuracy > 0.5  # chance is 0.1: the class bars are learned within 40 steps
+
+
+def test_classifier_is_cached_under_dataset_shape_version_and_data_hash(trained):
+    extractor, cache = trained
+    name = extractor.cache_id
+    assert name.startswith(f"classifier-mnist-1x28x28-v1-{STEPS}steps-")
+    assert sorted(p.name for p in cache.iterdir()) == [f"{name}.json", f"{name}.safetensors"]
+    info = json.loads((cache / f"{name}.json").read_text())
+    assert info["test_accuracy"] == pytest.approx(extractor.test_accuracy)
+    assert info["image_shape"] == [1, 28, 28]
+
+
+def test_classifier_reloads_identically_without_training(mnist, trained, monkeypatch):
+    train, test = mnist
+    extractor, cache = trained
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached classifier should have been reused")
+
+    monkeypatch.setattr(extractors, "train_classifier", no_training)
+    again = ClassifierExtractor.load_or_train(train, test, "mnist", cache_dir=cache, steps=STEPS)
+    images, _ = test.get_batch(np.arange(20))
+    np.testing.assert_array_equal(again.features(images), extractor.features(images))
+    np.testing.assert_array_equal(again.probs(images), extractor.probs(images))
+    assert again.test_accuracy == pytest.approx(extractor.test_accuracy)
+
+
+def test_other_data_gets_another_cache_entry(mnist, trained):
+    train, test = mnist
+    extractor, _ = trained
+    assert dataset_fingerprint(train) == dataset_fingerprint(train)
+    assert dataset_fingerprint(train) != dataset_fingerprint(train, np.arange(199))
+    fewer = extractors.classifier_cache_name(
+        "mnist", (1, 28, 28), STEPS, [dataset_fingerprint(train, np.arange(199))]
+    )
+    assert fewer != extractor.cache_id
+
+
+def test_classifier_training_leaves_the_callers_random_stream_alone(mnist, tmp_path):
+    train, test = mnist
+    paddle.seed(123)
+    expected = paddle.randn([4]).numpy()
+    paddle.seed(123)
+    ClassifierExtractor.load_or_train(train, test, "mnist", cache_dir=tmp_path, steps=2)
+    np.testing.assert_array_equal(paddle.randn([4]).numpy(), expected)
+
+
+def test_classifier_refuses_images_of_another_shape(trained):
+    extractor, _ = trained
+    with pytest.raises(UserError, match=r"\[1, 32, 32\] but the classifier was trained on"):
+        extractor.extract(np.zeros((2, 1, 32, 32), np.float32))
+
+
+def test_cache_dir_comes_from_the_argument_then_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "env"))
+    assert resolve_cache_dir() == tmp_path / "env"
+    assert resolve_cache_dir(tmp_path / "arg") == tmp_path / "arg"
+    monkeypatch.delenv(CACHE_ENV)
+    assert resolve_cache_dir().parts[-2:] == (".cache", "paddlegan_lite")
+
+
+# ---------------------------------------------------------------------- InceptionV3
+@pytest.fixture(scope="module")
+def inception_file(tmp_path_factory):
+    """(net with seeded random weights, the same weights saved as pytorch-fid names)."""
+    paddle.seed(7)
+    net = FIDInceptionV3()
+    net.eval()
+    # BatchNorm statistics of a fresh net are 0 and 1: give them values a mix-up would show
+    for name, value in net.state_dict().items():
+        if name.endswith("_variance"):
+            value.set_value(np.linspace(0.5, 2.0, value.shape[0], dtype=np.float32))
+    path = tmp_path_factory.mktemp("inception") / "fid_inception.safetensors"
+    save_file(torch_named_arrays(net), str(path))
+    return net, path
+
+
+def torch_named_arrays(net) -> dict:
+    """The layout of pytorch-fid's state dict: running_mean/var, fc.weight [out, in]."""
+    arrays = {}
+    for key, value in net.state_dict().items():
+        array = value.numpy()
+        key = key.replace("._mean", ".running_mean").replace("._variance", ".running_var")
+        if key == "fc.weight":
+            array = array.T
+        arrays[key] = np.ascontiguousarray(array)
+    arrays["Conv2d_1a_3x3.bn.num_batches_tracked"] = np.array(0, dtype=np.int64)
+    return arrays
+
+
+def test_inception_has_the_reference_architecture():
+    net = FIDInceptionV3()
+    trainable = sum(int(np.prod(p.shape)) for p in net.parameters() if p.trainable)
+    # torchvision's inception_v3: 27,161,264 parameters; less its aux classifier (3,326,696),
+    # plus 8 more logits (8 x 2,049) for the FID graph's 1,008 classes
+    assert trainable == 27_161_264 - 3_326_696 + 8 * 2049
+    assert len(net.state_dict()) == 94 * 5 + 2  # 94 conv+BN blocks (5 arrays each), fc
+
+
+def test_inception_pool3_features_are_2048_wide_and_deterministic(inception_file):
+    source_net, path = inception_file
+    extractor = InceptionExtractor.from_file(path)
+    gray = np.random.default_rng(0).uniform(-1, 1, (2, 1, 28, 28)).astype(np.float32)
+    features, probs = extractor.extract(gray)
+    assert features.shape == (2, 2048) and probs.shape == (2, 1008)
+    np.testing.assert_array_equal(extractor.extract(gray)[0], features)
+    # one image alone gives its features in the batch (BatchNorm uses stored statistics)
+    np.testing.assert_allclose(extractor.extract(gray[1:])[0], features[1:], rtol=1e-4, atol=1e-5)
+    # gray is the same image repeated in 3 channels
+    rgb = np.repeat(gray, 3, axis=1)
+    np.testing.assert_allclose(extractor.extract(rgb)[0], features, rtol=1e-5, atol=1e-6)
+    # the file's weights are the source net's: same features from the same 299 x 299 input
+    with paddle.no_grad():
+        resized = extractors.resize_bilinear(paddle.to_tensor(rgb), 299)
+        expected, logits = (t.numpy() for t in source_net(resized))
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(probs, extractors.softmax(logits), rtol=1e-4, atol=1e-7)
+
+
+def test_inception_without_weights_is_a_clear_error(tmp_path, inception_file):
+    with pytest.raises(UserError, match="--inception_weights"):
+        InceptionExtractor.from_file(None)
+    with pytest.raises(UserError, match="not found: download pytorch-fid's"):
+        InceptionExtractor.from_file(tmp_path / "missing.safetensors")
+    pickle_file = tmp_path / "pt_inception.pth"
+    pickle_file.write_bytes(b"not read")
+    with pytest.raises(UserError, match="pickles, which paddlegan_lite never loads"):
+        InceptionExtractor.from_file(pickle_file)
+    partial = tmp_path / "partial.safetensors"
+    save_file({"Conv2d_1a_3x3.conv.weight": np.zeros((32, 3, 3, 3), np.float32)}, str(partial))
+    with pytest.raises(UserError, match="not an FID InceptionV3 weight file"):
+        InceptionExtractor.from_file(partial)
