@@ -65,6 +65,19 @@ class TrainConfig:
     save_interval: int = 1000  # steps between checkpoints (also written at the end and on Ctrl-C)
     keep_checkpoints: int = 3  # newest step checkpoints kept on disk
     num_samples: int = 64  # images in the fixed-noise sample grid (AC-GAN: rounded to classes)
+    ema_decay: float = 0.0  # > 0: keep an EMA of G's weights for samples, eval and export
+
+
+@dataclass
+class EvalConfig:
+    interval: int = 0  # steps between FID/KID evaluations while training (0: off)
+    num_samples: int = 2000  # generated images per evaluation
+    batch_size: int = 250  # images per generator/extractor batch
+    extractor: str = "classifier"  # classifier (trained on the data, cached) | inception
+    inception_weights: str = ""  # InceptionV3 FID weights (.safetensors/.npz), for `inception`
+    classifier_steps: int = 600  # training steps of the classifier extractor on first use
+    seed: int = 0  # fixes the noise (and labels) of every evaluation: numbers compare over time
+    cache_dir: str = ""  # classifier and real-feature cache; empty: ~/.cache/paddlegan_lite
 
 
 @dataclass
@@ -87,6 +100,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     name: str = ""  # run name; defaults to the config file stem
 
 
@@ -237,7 +251,14 @@ def _check_values(cfg: Config, source: str) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{source}: '{key}' must be > 0, got {value}")
+    if not 0.0 <= cfg.train.ema_decay < 1.0:
+        raise ConfigError(f"{source}: 'train.ema_decay' must be in [0, 1), got {cfg.train.ema_decay}")
+    _check_choice(cfg.eval.extractor, ("classifier", "inception"), "eval.extractor", source)
+    if cfg.eval.interval and cfg.eval.num_samples < 10:
+        raise ConfigError(f"{source}: 'eval.num_samples' must be >= 10, got {cfg.eval.num_samples}")
     for key, value in {"train.epochs": cfg.train.epochs, "train.max_steps": cfg.train.max_steps,
+                       "eval.interval": cfg.eval.interval, "eval.batch_size": cfg.eval.batch_size,
+                       "eval.classifier_steps": cfg.eval.classifier_steps,
                        "data.num_workers": cfg.data.num_workers,
                        "model.num_classes": cfg.model.num_classes}.items():
         if value < 0:

@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import io
 import logging
+import math
 import os
 import pickle
 import posixpath
@@ -194,6 +195,10 @@ def _find_idx(root: Path, name: str) -> Path | None:
 
 def _read_mnist(images_path: Path, labels_path: Path):
     images = read_idx(images_path, IDX_IMAGES_MAGIC)
+    # 0 x 2^32 images need no bytes in the file, yet make PIL's resize run for minutes.
+    if 0 in images.shape[1:]:
+        rows, cols = images.shape[1:]
+        raise DatasetError(f"{images_path}: header says images of {rows} x {cols} pixels")
     labels = read_idx(labels_path, IDX_LABELS_MAGIC)
     if len(images) != len(labels):
         raise DatasetError(
@@ -225,13 +230,16 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     if len(raw) < header:
         raise DatasetError(f"{path}: IDX header cut short ({len(raw)} bytes)")
     shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape))
+    expected = math.prod(shape)  # Python ints: an int64 product can wrap around to match
     if len(raw) - header != expected:
         raise DatasetError(
             f"{path}: header says {' x '.join(map(str, shape))} = {expected} values but the file "
             f"holds {len(raw) - header} (truncated or damaged)"
         )
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+    try:
+        return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+    except ValueError:  # dimensions numpy cannot hold even with no items: 0 x 2^32-1 x 2^32-1
+        raise DatasetError(f"{path}: header shape {shape} is not a possible array") from None
 
 
 def _download_mnist(root: Path, names) -> str:
@@ -362,8 +370,12 @@ def _parse_cifar_batch(data: bytes, where: str):
     """A pickled batch dict -> (uint8 [N, 3, 32, 32], int64 [N]); `where` names it in errors."""
     try:
         batch = _RestrictedUnpickler(data, where).load()
-    # A damaged pickle fails in many ways, all of which mean "not a CIFAR-10 batch".
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError) as exc:
+    except DatasetError:
+        raise  # a refused class, already named
+    # A damaged pickle fails in many ways (fuzzing found AttributeError, MemoryError and
+    # OverflowError besides the usual), all meaning "not a CIFAR-10 batch": the restricted
+    # unpickler builds nothing but plain values and numpy arrays, so no error here is our bug.
+    except Exception as exc:
         raise DatasetError(f"{where}: not a readable CIFAR-10 batch ({_why(exc)})") from None
     if not isinstance(batch, dict):
         raise DatasetError(f"{where}: expected a pickled dict, got {type(batch).__name__}")
@@ -374,12 +386,18 @@ def _parse_cifar_batch(data: bytes, where: str):
         raise DatasetError(f"{where}: b'data' has shape {data.shape}, expected (N, 3072)")
     try:
         labels = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond int64
         raise DatasetError(f"{where}: b'labels' is not a list of integers") from None
     if labels.shape != (len(data),) or (labels.size and not 0 <= labels.min() <= labels.max() < 10):
         raise DatasetError(f"{where}: b'labels' must be {len(data)} integers in 0-9")
     # Each row is the R, then G, then B plane of a 32 x 32 image, row-major.
     return data.reshape(-1, 3, 32, 32), labels
+
+
+def _latin1_encode(text, encoding="utf-8"):
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refused _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -394,6 +412,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
+        # Python 3 pickles of bytes at protocol 2 (as in re-packed copies of the official files)
+        # spell each bytes object as _codecs.encode(str, "latin1"): allowed for latin1 only.
+        ("_codecs", "encode"): _latin1_encode,
     }
 
     def __init__(self, data: bytes, where: str):

@@ -134,7 +134,8 @@ def load_generator(checkpoint: Path):
         raise ckpt.CheckpointError(f"checkpoint {checkpoint}: state.json holds no config")
     run_cfg = config_from_dict(state["config"], source=f"{checkpoint}/{ckpt.STATE_FILE}")
     netG, _ = build_models(run_cfg.model)
-    ckpt.load_layer_arrays(netG, tensors["netG"], "generator")
+    weights = "netG_ema" if tensors.get("netG_ema") else "netG"  # the EMA generator when kept
+    ckpt.load_layer_arrays(netG, tensors[weights], "generator")
     netG.eval()  # BatchNorm with running statistics: one image never depends on its batch
     return netG, run_cfg, state
 

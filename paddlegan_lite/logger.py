@@ -37,10 +37,10 @@ class RunLogger:
         self._jsonl = open(self.metrics_path, "a", encoding="utf-8")
         self._vdl = LogWriter(logdir=str(self.run_dir / "vdl"))
 
-    def scalars(self, step: int, values: dict, line: str | None = None) -> None:
-        """Log one row: every value to VisualDL (tag `train/<name>`) and jsonl; `line` to stdout."""
+    def scalars(self, step: int, values: dict, line: str | None = None, group="train") -> None:
+        """One row: each value to VisualDL (tag `<group>/<name>`) and jsonl; `line` to stdout."""
         for name, value in values.items():
-            self._vdl.add_scalar(tag=f"train/{name}", value=float(value), step=step)
+            self._vdl.add_scalar(tag=f"{group}/{name}", value=float(value), step=step)
         self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
         self._jsonl.flush()
         if line:

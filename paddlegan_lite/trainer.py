@@ -7,6 +7,7 @@ their intervals. `ACGANTrainer` overrides only what the class condition changes.
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import time
@@ -68,7 +69,12 @@ class GANTrainer:
         self.loss_kind = cfg.train.loss
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.fixed_z, self.fixed_labels = self.make_fixed_inputs()
+        # EMA of G's weights (train.ema_decay > 0): what samples, eval and export use
+        self.netG_ema = copy.deepcopy(netG) if cfg.train.ema_decay > 0 else None
+        self.best_fid = math.inf
+        self.evaluator = None
         self._stop_signal = None
+        self._saved_step = None
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume_from: str | Path | None = None) -> dict:
@@ -85,6 +91,8 @@ class GANTrainer:
         total_steps = self.total_steps(steps_per_epoch)
         logger = RunLogger(self.run_dir, resume_step=self.step if resume_from else None)
         meter = _Meter(first_step=self.step + 1)
+        if self.cfg.eval.interval:
+            self.evaluator = self.build_evaluator()
         last = {}
         self._install_signal_handlers()
         try:
@@ -100,6 +108,8 @@ class GANTrainer:
                     loss_g = None
                     if (self.step + 1) % t.d_steps == 0:
                         loss_g = self.g_step(fake, gen_labels)
+                        if self.netG_ema is not None:
+                            self.update_ema()
 
                     self.step += 1
                     self.batch_in_epoch += 1
@@ -111,6 +121,9 @@ class GANTrainer:
                     if self.step % t.save_interval == 0:
                         self.check_finite(meter)
                         self.save()
+                    if self.evaluator is not None and self.step % self.cfg.eval.interval == 0:
+                        self.check_finite(meter)
+                        self.evaluate(logger)
                     if self.step >= total_steps or self._stop_signal is not None:
                         break
                 else:
@@ -152,8 +165,22 @@ class GANTrainer:
         """Noise z ~ N(0, 1) [B, nz]; unconditional models take no labels."""
         return paddle.randn([batch_size, self.netG.nz]), None
 
-    def generate(self, z, labels=None):
-        return self.netG(z)
+    def generate(self, z, labels=None, net=None):
+        return (net or self.netG)(z)
+
+    def sample_net(self):
+        """The generator that samples, eval and export see: the EMA one when kept."""
+        return self.netG_ema if self.netG_ema is not None else self.netG
+
+    def update_ema(self) -> None:
+        """ema = decay * ema + (1 - decay) * G for weights; BatchNorm statistics are copied."""
+        decay = self.cfg.train.ema_decay
+        with paddle.no_grad():
+            for ema_p, p in zip(self.netG_ema.parameters(), self.netG.parameters()):
+                if p.stop_gradient:  # BatchNorm running mean/variance
+                    ema_p.set_value(p)
+                else:
+                    ema_p.set_value(ema_p * decay + p * (1.0 - decay))
 
     def d_step(self, real, labels):
         z, gen_labels = self.sample_latent(real.shape[0])
@@ -220,23 +247,56 @@ class GANTrainer:
         return values
 
     def save_samples(self, logger: RunLogger) -> Path:
-        self.netG.eval()  # BatchNorm with running statistics, as the exported model runs
+        net = self.sample_net()
+        net.eval()  # BatchNorm with running statistics, as the exported model runs
         with paddle.no_grad():
-            images = self.generate(self.fixed_z, self.fixed_labels).numpy()
-        self.netG.train()
+            images = self.generate(self.fixed_z, self.fixed_labels, net=net).numpy()
+        net.train()
         grid = make_grid(to_uint8(images), nrow=self.sample_grid_nrow())
         path = save_png(self.run_dir / "samples" / f"step_{self.step:08d}.png", grid)
         logger.image("samples", grid, self.step)
         return path
 
+    # ------------------------------------------------------------------ evaluation
+    def build_evaluator(self):
+        from paddlegan_lite.evaluation import build_evaluator
+
+        e, m = self.cfg.eval, self.cfg.model
+        log.info(f"eval: {e.extractor} features, {e.num_samples} samples every {e.interval} steps")
+        return build_evaluator(
+            self.cfg.data, m.image_size, m.channels, m.nz, m.num_classes,
+            extractor=e.extractor, num_samples=e.num_samples, batch_size=e.batch_size,
+            seed=e.seed, inception_weights=e.inception_weights or None,
+            classifier_steps=e.classifier_steps, cache_dir=e.cache_dir or None,
+            train_dataset=self.dataset,
+        )  # fmt: skip
+
+    def evaluate(self, logger: RunLogger) -> dict:
+        """FID/KID/... of the sample generator; a new lowest FID saves and points `best` at it."""
+        from paddlegan_lite.evaluation import generator_fn
+
+        start = time.perf_counter()
+        metrics = self.evaluator(generator_fn(self.sample_net()))
+        line = f"eval step {self.step}: " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        logger.scalars(self.step, metrics, f"{line} ({time.perf_counter() - start:.0f} s)", "eval")
+        if metrics["fid"] < self.best_fid:
+            self.best_fid = metrics["fid"]
+            path = self.save()
+            ckpt.point_link(self.ckpt_dir / "best", path.name)
+        return metrics
+
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:
+        """Checkpoint this step (once per step: a second call returns the same folder)."""
+        if self._saved_step == self.step:
+            return self.ckpt_dir / f"step_{self.step:08d}"
         state = {
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "config": config_to_dict(self.cfg),
             # every random draw is seeded from (seed, step), so these two restore the RNG stream
             "rng": {"seed": self.cfg.seed, "step_seed": self.step_seed()},
+            "best_fid": self.best_fid if math.isfinite(self.best_fid) else None,
         }
         extra = {"fixed_z": self.fixed_z.numpy()}
         if self.fixed_labels is not None:
@@ -248,7 +308,10 @@ class GANTrainer:
             "optD": ckpt.optimizer_arrays(self.optD, self.netD),
             "extra": extra,
         }
+        if self.netG_ema is not None:
+            tensors["netG_ema"] = ckpt.layer_arrays(self.netG_ema)
         path = ckpt.save_checkpoint(self.ckpt_dir, self.step, state, tensors)
+        self._saved_step = self.step
         ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_checkpoints)
         return path
 
@@ -262,6 +325,11 @@ class GANTrainer:
             )
         ckpt.load_layer_arrays(self.netG, tensors["netG"], "generator")
         ckpt.load_layer_arrays(self.netD, tensors["netD"], "discriminator")
+        if self.netG_ema is not None:
+            ema = tensors.get("netG_ema") or tensors["netG"]  # EMA switched on at resume: start at G
+            ckpt.load_layer_arrays(self.netG_ema, ema, "EMA generator")
+        if state.get("best_fid") is not None:
+            self.best_fid = float(state["best_fid"])
         ckpt.load_optimizer_arrays(self.optG, self.netG, tensors["optG"])
         ckpt.load_optimizer_arrays(self.optD, self.netD, tensors["optD"])
         self.fixed_z = paddle.to_tensor(tensors["extra"]["fixed_z"])
@@ -269,6 +337,7 @@ class GANTrainer:
             self.fixed_labels = paddle.to_tensor(tensors["extra"]["fixed_labels"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
+        self._saved_step = self.step
         log.info(f"resumed from {path} at step {self.step} (epoch {self.epoch})")
 
     # ------------------------------------------------------------------ signals
@@ -299,8 +368,8 @@ class ACGANTrainer(GANTrainer):
         z = paddle.randn([batch_size, self.netG.nz])
         return z, paddle.randint(0, self.netG.num_classes, [batch_size], dtype="int64")
 
-    def generate(self, z, labels=None):
-        return self.netG(z, labels)
+    def generate(self, z, labels=None, net=None):
+        return (net or self.netG)(z, labels)
 
     def d_objective(self, real_out, fake_out, labels, gen_labels):
         (real_logits, real_cls), (fake_logits, fake_cls) = real_out, fake_out

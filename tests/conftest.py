@@ -2,11 +2,14 @@
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Classifier and real-feature caches of the whole session (and its subprocesses): never ~/.cache
+os.environ["PADDLEGAN_LITE_CACHE"] = tempfile.mkdtemp(prefix="paddlegan_lite_cache_")
 sys.path.insert(0, str(REPO_ROOT))
 
 import paddlegan_lite  # noqa: E402,F401

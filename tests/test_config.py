@@ -104,6 +104,6 @@ def test_train_tool_rejects_unknown_key_in_one_line(repo_root):
     assert proc.stderr.strip().splitlines() == [
         "error: configs/dcgan_mnist.yaml: unknown key 'train.epoch' (valid: epochs, max_steps, "
         "batch_size, loss, real_label, d_steps, cls_weight, device, output_dir, log_interval, "
-        "sample_interval, save_interval, keep_checkpoints, num_samples)"
+        "sample_interval, save_interval, keep_checkpoints, num_samples, ema_decay)"
     ]
     assert "Traceback" not in proc.stderr

@@ -1,5 +1,6 @@
 """The training loop in-process: resume equals an uninterrupted run, the GAN learns, Ctrl-C saves."""
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import paddle
 import pytest
 from conftest import tool_env
 from data_files import write_idx, write_mnist_idx
+from visualdl import LogReader
 
 from paddlegan_lite.checkpoint import CheckpointError, find_latest, load_checkpoint
 from paddlegan_lite.config import load_config
@@ -185,3 +187,48 @@ def test_non_finite_loss_stops_without_saving_it(repo_root, mnist_root, tmp_path
         "latest",
         "step_00000002",
     ]
+
+
+def test_eval_during_training_logs_fid_and_keeps_best(repo_root, mnist_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("PADDLEGAN_LITE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    cfg = tiny_cfg(
+        repo_root, "acgan_mnist", mnist_root, out, "train.max_steps=6", "eval.interval=3",
+        "eval.num_samples=20", "eval.batch_size=10", "eval.classifier_steps=20",
+        "train.ema_decay=0.9",
+    )  # fmt: skip
+    train(cfg)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [row for row in rows if "fid" in row]
+    assert [row["step"] for row in evals] == [3, 6]
+    for row in evals:
+        assert row["fid"] >= 0 and 0 <= row["class_acc"] <= 1 and np.isfinite(row["kid"])
+    reader = LogReader(file_path=str(next((out / "vdl").iterdir())))
+    assert [r.id for r in reader.get_data("scalar", "eval/fid")] == [3, 6]
+    best_step = min(evals, key=lambda row: row["fid"])["step"]
+    best = (out / "checkpoints" / "best").resolve()
+    assert best.name == f"step_{best_step:08d}"
+    state, tensors = load_checkpoint(best)
+    assert state["best_fid"] == pytest.approx(min(row["fid"] for row in evals))
+    # the EMA generator is saved beside G and differs from it (it lags behind)
+    assert tensors["netG_ema"].keys() == tensors["netG"].keys()
+    assert any(
+        not np.allclose(tensors["netG_ema"][k], tensors["netG"][k]) for k in tensors["netG"]
+    )
+
+
+def test_ema_is_the_running_average_of_g(repo_root, mnist_root, tmp_path):
+    cfg = tiny_cfg(
+        repo_root, "dcgan_mnist", mnist_root, tmp_path / "run", "train.max_steps=1",
+        "train.ema_decay=0.75",
+    )  # fmt: skip
+    trainer = build_trainer(cfg, build_dataset(cfg.data, 32, 1))
+    before = {k: v.numpy().copy() for k, v in trainer.netG_ema.state_dict().items()}
+    trainer.fit()
+    ema = {k: v.numpy() for k, v in trainer.netG_ema.state_dict().items()}
+    for name, param in trainer.netG.named_parameters():
+        if param.stop_gradient:  # BatchNorm statistics: copied
+            np.testing.assert_allclose(ema[name], param.numpy(), rtol=1e-6)
+        else:
+            expected = 0.75 * before[name] + 0.25 * param.numpy()
+            np.testing.assert_allclose(ema[name], expected, rtol=1e-5, atol=1e-7)
