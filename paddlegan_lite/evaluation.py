@@ -413,21 +413,12 @@ class LoadedModel:
 def load_checkpoint_model(path, device: str = "auto") -> LoadedModel:
     """A generator from a checkpoint folder (or a run folder: its newest checkpoint), built from
     the checkpoint's own config; EMA weights are used when the checkpoint has them."""
-    from paddlegan_lite import checkpoint as ckpt
-    from paddlegan_lite.config import config_from_dict
-    from paddlegan_lite.models import build_models
+    from paddlegan_lite.export import load_generator, resolve_checkpoint
     from paddlegan_lite.runtime import select_device
 
-    path = _resolve_checkpoint(Path(path).expanduser())
-    state, tensors = ckpt.load_checkpoint(path)
-    if not isinstance(state.get("config"), dict):
-        raise ckpt.CheckpointError(f"checkpoint {path}: state.json holds no config")
-    run_cfg = config_from_dict(state["config"], source=f"{path}/{ckpt.STATE_FILE}")
+    path = resolve_checkpoint(path)
     select_device(device)
-    netG, _ = build_models(run_cfg.model)
-    weights = "netG_ema" if tensors.get("netG_ema") else "netG"
-    ckpt.load_layer_arrays(netG, tensors[weights], "generator")
-    netG.eval()
+    netG, run_cfg, state, weights = load_generator(path)
     m = run_cfg.model
     info = {"source": "checkpoint", "path": str(path), "step": int(state.get("step", 0))}
     info["weights"] = weights
@@ -438,21 +429,6 @@ def load_checkpoint_model(path, device: str = "auto") -> LoadedModel:
         (m.channels, m.image_size, m.image_size),
         state["config"],
         info,
-    )
-
-
-def _resolve_checkpoint(path: Path) -> Path:
-    from paddlegan_lite import checkpoint as ckpt
-
-    if (path / ckpt.STATE_FILE).is_file():
-        return path
-    for folder in (path / "checkpoints", path):
-        found = ckpt.find_latest(folder)
-        if found is not None:
-            return found
-    raise ckpt.CheckpointError(
-        f"no checkpoint at {path} (expected a checkpoint folder such as "
-        "output/<run>/checkpoints/latest, or a run folder holding one)"
     )
 
 

@@ -81,7 +81,7 @@ def export_model(
     with it, so a config that would build another model is refused instead of half-loaded.
     """
     checkpoint = resolve_checkpoint(checkpoint)
-    netG, run_cfg, state = load_generator(checkpoint)
+    netG, run_cfg, state, _ = load_generator(checkpoint)
     if cfg is not None:
         check_same_model(cfg, run_cfg, checkpoint)
     output_dir = Path(output_dir) if output_dir else Path("inference") / run_cfg.name
@@ -128,7 +128,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_generator(checkpoint: Path):
-    """(netG in eval mode, the run's Config, state dict) from a checkpoint folder."""
+    """(netG in eval mode, the run's Config, state dict, which weights: netG or netG_ema)."""
     state, tensors = ckpt.load_checkpoint(checkpoint)
     if not isinstance(state.get("config"), dict):
         raise ckpt.CheckpointError(f"checkpoint {checkpoint}: state.json holds no config")
@@ -137,7 +137,7 @@ def load_generator(checkpoint: Path):
     weights = "netG_ema" if tensors.get("netG_ema") else "netG"  # the EMA generator when kept
     ckpt.load_layer_arrays(netG, tensors[weights], "generator")
     netG.eval()  # BatchNorm with running statistics: one image never depends on its batch
-    return netG, run_cfg, state
+    return netG, run_cfg, state, weights
 
 
 def check_same_model(cfg: Config, run_cfg: Config, checkpoint: Path) -> None:

@@ -13,7 +13,7 @@ import paddle.nn.functional as F
 
 
 def d_loss(kind: str, real_logits, fake_logits, real_label: float = 1.0):
-    """Discriminator loss for logits [N]; `real_label` < 1 is one-sided label smoothing (vanilla, lsgan)."""
+    """D loss for logits [N]; `real_label` < 1 is one-sided label smoothing (vanilla, lsgan)."""
     if kind == "vanilla":
         real_target = paddle.full_like(real_logits, real_label)
         return F.binary_cross_entropy_with_logits(

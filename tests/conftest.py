@@ -21,7 +21,7 @@ def repo_root() -> Path:
 
 
 def tool_env() -> dict:
-    """Environment for running tools as subprocesses: the repo importable, Paddle single-threaded."""
+    """Environment for running tools as subprocesses, with the repo importable."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env

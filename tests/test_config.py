@@ -33,7 +33,8 @@ def write(tmp_path, name, text):
 
 
 def test_base_inheritance_and_overrides(tmp_path):
-    write(tmp_path, "base.yaml", "model: {name: dcgan, ngf: 16}\ntrain: {epochs: 3, batch_size: 8}\n")
+    base = "model: {name: dcgan, ngf: 16}\ntrain: {epochs: 3, batch_size: 8}\n"
+    write(tmp_path, "base.yaml", base)
     child = write(tmp_path, "child.yaml", "_base_: base.yaml\ntrain: {epochs: 7}\n")
     cfg = load_config(child, ["train.batch_size=4", "optimizer.g.lr=1e-3", "data.root=~/x"])
     assert cfg.model.ngf == 16  # from the base

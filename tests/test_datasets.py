@@ -310,7 +310,7 @@ def test_cifar10_malicious_pickle_is_refused(tmp_path):
 
 
 def test_cifar10_python3_protocol2_batches_are_read(tmp_path):
-    """Re-packed copies (such as the 4,000-image subset) pickle bytes as _codecs.encode(s, latin1)."""
+    """Re-packed copies (the 4,000-image subset) pickle bytes as _codecs.encode(s, latin1)."""
     images = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
     batch = pickle.dumps({b"data": images, b"labels": [3, 7]}, protocol=2)
     assert b"_codecs" in batch

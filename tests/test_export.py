@@ -72,7 +72,7 @@ def some_inputs(num_classes: int, batch: int, first_seed: int = 100):
 @pytest.mark.parametrize("name", list(TINY))
 def test_paddle_inference_matches_dynamic_graph(exported, name, batch, mkldnn):
     _, checkpoint, model_dir = exported[name]
-    netG, run_cfg, _ = export.load_generator(checkpoint)
+    netG, run_cfg, _, _ = export.load_generator(checkpoint)
     gen = Generator(model_dir, batch_size=4, mkldnn=mkldnn)  # 7 images: two predictor runs
     z, labels = some_inputs(gen.num_classes, batch)
 
@@ -127,7 +127,7 @@ def test_a_seed_gives_the_same_image_in_any_batch(exported, name):
 
 def test_check_fails_loudly_beyond_the_tolerance(exported):
     _, checkpoint, model_dir = exported["dcgan_mnist"]
-    netG, _, _ = export.load_generator(checkpoint)
+    netG, _, _, _ = export.load_generator(checkpoint)
     z, _ = some_inputs(0, 4)
     expected = export.run_dynamic(netG, z, None)
 
@@ -200,7 +200,7 @@ def test_onnx_export_matches_dynamic_graph(exported, tmp_path, name):
     infer_cfg = export.export_model(checkpoint, tmp_path / "out", onnx=True)
     assert infer_cfg["onnx_file"] == "inference.onnx"
 
-    netG, _, _ = export.load_generator(checkpoint)
+    netG, _, _, _ = export.load_generator(checkpoint)
     session = onnxruntime.InferenceSession(
         str(tmp_path / "out" / "inference.onnx"), providers=["CPUExecutionProvider"]
     )

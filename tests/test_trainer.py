@@ -1,4 +1,4 @@
-"""The training loop in-process: resume equals an uninterrupted run, the GAN learns, Ctrl-C saves."""
+"""The training loop: resume equals an uninterrupted run, the GAN learns, Ctrl-C saves."""
 
 import json
 import os
@@ -212,9 +212,7 @@ def test_eval_during_training_logs_fid_and_keeps_best(repo_root, mnist_root, tmp
     assert state["best_fid"] == pytest.approx(min(row["fid"] for row in evals))
     # the EMA generator is saved beside G and differs from it (it lags behind)
     assert tensors["netG_ema"].keys() == tensors["netG"].keys()
-    assert any(
-        not np.allclose(tensors["netG_ema"][k], tensors["netG"][k]) for k in tensors["netG"]
-    )
+    assert any(not np.allclose(tensors["netG_ema"][k], tensors["netG"][k]) for k in tensors["netG"])
 
 
 def test_ema_is_the_running_average_of_g(repo_root, mnist_root, tmp_path):
