@@ -27,6 +27,8 @@ LATEST = "latest"
 # and state.json (step, epoch, config, RNG seeds, and `save_seq`, which orders saves).
 # netG_ema holds the EMA generator (train.ema_decay > 0) and is empty without one.
 TENSOR_FILES = ("netG", "netD", "optG", "optD", "extra", "netG_ema")
+# Files added after the format shipped: checkpoints saved before them load them as empty.
+OPTIONAL_TENSOR_FILES = ("netG_ema",)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 # What a save killed midway leaves: its folder being written (.tmp), a folder being pruned (also
 # .tmp), the copy of a step being saved again (.old) or the new `latest` link; each names its pid.
@@ -341,6 +343,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict]:
     tensors = {}
     for name in TENSOR_FILES:
         file = path / f"{name}.safetensors"
+        if name in OPTIONAL_TENSOR_FILES and not file.exists():
+            tensors[name] = {}
+            continue
         try:
             tensors[name] = load_file(str(file))
         # TypeError: a dtype numpy lacks (bfloat16): not something we wrote.
@@ -381,8 +386,11 @@ def _read_complete_state(path: Path) -> dict:
     """state.json of a folder whose tensor files are all whole (headers match file sizes)."""
     state = _read_state(path)
     for name in TENSOR_FILES:
+        file = path / f"{name}.safetensors"
+        if name in OPTIONAL_TENSOR_FILES and not file.exists():
+            continue  # renamed into place whole, so missing means saved before it existed
         try:
-            with safe_open(str(path / f"{name}.safetensors"), "numpy"):
+            with safe_open(str(file), "numpy"):
                 pass
         except (OSError, SafetensorError) as exc:
             raise CheckpointError(f"{path}: {name}.safetensors is damaged ({exc})") from None

@@ -84,6 +84,8 @@ class DatasetError(UserError):
 def build_dataset(data_cfg: DataConfig, image_size: int, channels: int, train: bool = True):
     """The dataset named by `data_cfg`, giving images [channels, image_size, image_size]."""
     root = Path(data_cfg.root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"data.root {root} is a file; it must be the folder holding the data")
     if data_cfg.name == "mnist":
         return load_mnist(root, image_size, channels, train, data_cfg.download)
     if data_cfg.name == "cifar10":

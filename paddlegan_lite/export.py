@@ -117,7 +117,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if (path / ckpt.STATE_FILE).is_file():
         return path
-    for folder in (path / "checkpoints", path):
+    folders = [path / "checkpoints", path]
+    if path.name == "latest":  # a `latest` link whose target is gone: the newest complete one
+        folders.append(path.parent)
+    for folder in folders:
         found = ckpt.find_latest(folder)
         if found is not None:
             return found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -61,7 +62,10 @@ class RunLogger:
             return
         lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
         kept = [ln for ln in lines if ln.strip() and _row_step(ln) <= step]
-        self.metrics_path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        # a new file renamed over the old: a kill at any instant leaves one or the other whole
+        tmp = self.metrics_path.with_name(f".{self.metrics_path.name}.tmp")
+        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        os.replace(tmp, self.metrics_path)
 
 
 def _row_step(line: str) -> int:

@@ -21,9 +21,10 @@ def main() -> int:
     args = parser.parse_args()
 
     from paddlegan_lite.config import load_config
+
+    cfg = load_config(args.config, args.override)  # before Paddle loads: config errors are quick
     from paddlegan_lite.trainer import train
 
-    cfg = load_config(args.config, args.override)
     train(cfg, resume=args.resume)
     return 0
 

@@ -1,0 +1,235 @@
+"""Hostile and broken configs through tools/train.py: YAML tags and -o values never run code, and
+bad paths and values end in exit code 2 with one short stderr line, no Traceback."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import tool_env
+from data_files import write_mnist_idx
+
+from paddlegan_lite.config import ConfigError, load_config
+
+TINY = ["model.ngf=8", "model.ndf=8", "model.image_size=32", "train.batch_size=8"]
+
+
+def run_train(repo_root, config, *overrides, timeout=120):
+    cmd = [sys.executable, "tools/train.py", "-c", str(config)]
+    if overrides:
+        cmd += ["-o", *overrides]
+    return subprocess.run(
+        cmd, cwd=repo_root, env=tool_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def assert_one_line_error(proc, *needles) -> str:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    assert len(lines[0]) < 500, lines[0][:500]
+    for needle in needles:
+        assert needle in lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def mnist_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mnist")
+    write_mnist_idx(root, n=16)
+    return root
+
+
+def alias_bomb(levels: int) -> str:
+    """YAML where each list repeats the previous one 9 times: 9**levels items from a few
+    hundred bytes (safe_load shares them, but anything that walks them pays in full)."""
+    parts = ["&a0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels):
+        parts.append(f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    return "[" + ", ".join(parts) + "]"
+
+
+# ------------------------------------------------------------------------------------------------
+# Nothing is executed
+# ------------------------------------------------------------------------------------------------
+
+
+TAGS = [
+    '!!python/object/apply:os.system ["touch {marker}"]',
+    '!!python/object/new:subprocess.Popen [["touch", "{marker}"]]',
+    "!!python/name:os.system",
+]
+OVERRIDES = [
+    ("seed=__import__('os').system('touch {marker}')", "'seed' must be int"),
+    ('model.nz=!!python/object/apply:os.system ["touch {marker}"]', "'model.nz' must be int"),
+    ('train.device=!!python/object/apply:os.system ["touch {marker}"]', "'train.device'"),
+    ("train.epochs=[1, {{a: 2}}]", "'train.epochs' must be int"),
+    ("train.max_steps=$(touch {marker})", "'train.max_steps' must be int"),
+]
+
+
+def hostile_config(tmp_path, tag: str, in_base: bool):
+    """A config whose seed is a python-tagged YAML node, directly or through `_base_`."""
+    hostile = f"seed: {tag.format(marker=tmp_path / 'pwned')}\n"
+    (tmp_path / "base.yaml").write_text(hostile if in_base else "seed: 1\n")
+    config = tmp_path / "run.yaml"
+    config.write_text("_base_: base.yaml\n" if in_base else hostile)
+    return config
+
+
+def config_with_problem(tmp_path, problem: str):
+    config = {"missing": tmp_path / "nope.yaml", "a folder": tmp_path}.get(problem)
+    if config is None:
+        config = tmp_path / "a.yaml"
+        config.write_text("_base_: b.yaml\n")
+        if problem == "_base_ loop":
+            (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
+    return config
+
+
+@pytest.mark.parametrize("tag", TAGS)
+@pytest.mark.parametrize("in_base", [False, True])
+def test_yaml_python_tags_are_not_constructed(tmp_path, tag, in_base):
+    with pytest.raises(ConfigError, match="not valid YAML .*python/") as err:
+        load_config(hostile_config(tmp_path, tag, in_base))
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("override, complaint", OVERRIDES)
+def test_override_values_are_never_evaluated(repo_root, tmp_path, override, complaint):
+    marker = tmp_path / "pwned"
+    with pytest.raises(ConfigError, match=complaint) as err:
+        load_config(repo_root / "configs/dcgan_mnist.yaml", [override.format(marker=marker)])
+    assert "\n" not in str(err.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("problem", ["missing", "a folder", "missing _base_", "_base_ loop"])
+def test_config_file_problems(tmp_path, problem):
+    expected = {"missing": "No such file", "a folder": "Is a directory"}.get(problem, "yaml")
+    with pytest.raises(ConfigError, match=expected) as err:
+        load_config(config_with_problem(tmp_path, problem))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("case", ["python tag in _base_", "eval-looking -o", "missing _base_"])
+def test_hostile_config_through_the_tool(repo_root, tmp_path, case):
+    """What the cases above show in-process, as the user meets it: exit 2, one line."""
+    overrides = []
+    if case == "python tag in _base_":
+        config, needle = hostile_config(tmp_path, TAGS[0], in_base=True), "not valid YAML"
+    elif case == "eval-looking -o":
+        config, needle = "configs/dcgan_mnist.yaml", OVERRIDES[0][1]
+        overrides = [OVERRIDES[0][0].format(marker=tmp_path / "pwned")]
+    else:
+        config, needle = config_with_problem(tmp_path, case), "b.yaml"
+    assert_one_line_error(run_train(repo_root, config, *overrides), needle)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="config.py _read_yaml_with_base catches only OSError; UnicodeDecodeError escapes "
+    "(fix: except (OSError, UnicodeDecodeError))",
+)
+def test_config_file_that_is_not_utf8(repo_root, tmp_path):
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    assert_one_line_error(run_train(repo_root, config), str(config))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "cifar10",
+        "folder",
+        "mnist",
+    ],
+)
+def test_data_root_that_is_a_file(repo_root, tmp_path, name):
+    root = tmp_path / "data.txt"
+    root.write_text("not a folder")
+    proc = run_train(
+        repo_root, "configs/dcgan_mnist.yaml", *TINY, f"data.name={name}", f"data.root={root}",
+        "data.download=false", "train.max_steps=1", f"train.output_dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    assert_one_line_error(proc, str(root))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="trainer.train() calls run_dir.mkdir() unguarded: FileExistsError/NotADirectoryError "
+    "Traceback (fix: catch OSError around the run folder creation and raise UserError naming "
+    "train.output_dir)",
+)
+def test_output_dir_that_is_a_file(repo_root, tmp_path, mnist_root):
+    out = tmp_path / "out.txt"
+    out.write_text("")
+    proc = run_train(
+        repo_root, "configs/dcgan_mnist.yaml", *TINY, f"data.root={mnist_root}",
+        "data.download=false", "train.max_steps=1", f"train.output_dir={out}",
+    )  # fmt: skip
+    assert_one_line_error(proc, "train.output_dir")
+
+
+# ------------------------------------------------------------------------------------------------
+# Values
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="config.py has no range check on seed; paddle.seed(-1) or a seed >= 2**64 raises a "
+    "Traceback in build_trainer (fix: _check_values requires 0 <= seed < 2**32)",
+)
+def test_seed_out_of_range_is_a_one_line_error(repo_root, tmp_path, mnist_root):
+    proc = run_train(
+        repo_root, "configs/dcgan_mnist.yaml", *TINY, f"data.root={mnist_root}",
+        "data.download=false", "train.max_steps=1", f"train.output_dir={tmp_path}", "seed=-1",
+    )  # fmt: skip
+    assert_one_line_error(proc, "'seed'")
+
+
+def test_nan_learning_rate_never_leaves_a_nan_checkpoint(repo_root, tmp_path, mnist_root):
+    """Until config refuses it (below), a nan learning rate poisons G's weights one step before
+    any loss shows it; the checkpoint writer refuses them, so nothing corrupt lands on disk."""
+    out = tmp_path / "run"
+    proc = run_train(
+        repo_root, "configs/dcgan_mnist.yaml", *TINY, f"data.root={mnist_root}",
+        "data.download=false", "train.max_steps=1", f"train.output_dir={out}",
+        "optimizer.g.lr=.nan",
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "holds nan or inf values" in proc.stderr
+    assert not any((out / "checkpoints").glob("step_*"))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="config.py _check_values: `value <= 0` is False for nan, so nan/inf pass as positive, "
+    "and real_label / init_std have no range at all (fix: math.isfinite on every float, "
+    "0 < real_label <= 1, init_std >= 0)",
+)
+@pytest.mark.parametrize(
+    "override",
+    ["optimizer.g.lr=.nan", "optimizer.d.lr=.inf", "train.real_label=-5", "train.real_label=.nan",
+     "model.init_std=-1", "train.cls_weight=.nan"],
+)  # fmt: skip
+def test_non_finite_and_out_of_range_numbers_are_refused(repo_root, override):
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        load_config(repo_root / "configs" / "dcgan_mnist.yaml", [override])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="config.py puts {value!r} into type errors: a 300-byte YAML alias bomb becomes a 3 MB "
+    "error line (9 levels: gigabytes, a hang) (fix: reprlib.repr(value) in _coerce and _build)",
+)
+def test_alias_bomb_gives_a_short_error(tmp_path):
+    config = tmp_path / "bomb.yaml"
+    config.write_text(f"seed: {alias_bomb(6)}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    assert len(str(err.value)) < 500
