@@ -9,7 +9,9 @@ dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +55,7 @@ class DataConfig:
 class TrainConfig:
     epochs: int = 5  # passes over the dataset (0: run until max_steps)
     max_steps: int = 0  # stop after this many steps (0: no cap); for smoke tests
-    batch_size: int = 64  # images per step (the last partial batch of an epoch is dropped)
+    batch_size: int = 64  # images per step and process (the last partial batch is dropped)
     loss: str = "vanilla"  # vanilla | lsgan | hinge (see losses.py)
     real_label: float = 1.0  # target for real images in the D loss (0.9: one-sided smoothing)
     d_steps: int = 1  # discriminator steps per generator step
@@ -94,6 +96,14 @@ class OptimizerConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Options that matter only under `python -m paddle.distributed.launch` (several processes)."""
+
+    scale_lr: bool = False  # learning rates x number of processes (linear scaling rule; logged)
+    sync_bn: bool = False  # GPU: BatchNorm statistics over the global batch (SyncBatchNorm)
+
+
+@dataclass
 class Config:
     seed: int = 42  # seeds init, data order and every step's noise: runs are repeatable
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -101,6 +111,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     name: str = ""  # run name; defaults to the config file stem
 
 
@@ -141,12 +152,16 @@ def _read_yaml_with_base(path: Path, seen: tuple) -> dict:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({_one_line(exc)})") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{path}: top level must be a mapping of sections, got {type(raw).__name__}"
+        )
     base_name = raw.pop("_base_", None)
     if base_name is None:
         return raw
@@ -186,7 +201,9 @@ def _apply_override(raw: dict, item: str, path: Path) -> None:
 
 def _build(cls, raw, where: str, source: str):
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: '{where}' must be a section (mapping), got {raw!r}")
+        raise ConfigError(
+            f"{source}: '{where}' must be a section (mapping), got {_short(raw)}"
+        )
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in raw if k not in names]
@@ -223,67 +240,88 @@ def _coerce(kind, value, key: str, source: str):
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     raise ConfigError(
-        f"{source}: '{key}' must be {kind.__name__}, got {value!r} ({type(value).__name__})"
+        f"{source}: '{key}' must be {kind.__name__}, got {_short(value)} "
+        f"({type(value).__name__})"
     )
 
 
 def _check_values(cfg: Config, source: str) -> None:
-    _check_choice(cfg.model.name, MODEL_NAMES, "model.name", source)
-    _check_choice(cfg.train.loss, LOSS_NAMES, "train.loss", source)
+    m, t, e = cfg.model, cfg.train, cfg.eval
+    _check_choice(m.name, MODEL_NAMES, "model.name", source)
+    _check_choice(t.loss, LOSS_NAMES, "train.loss", source)
     _check_choice(cfg.data.name, DATASET_NAMES, "data.name", source)
-    positive = {
-        "model.nz": cfg.model.nz,
-        "model.image_size": cfg.model.image_size,
-        "model.channels": cfg.model.channels,
-        "model.ngf": cfg.model.ngf,
-        "model.ndf": cfg.model.ndf,
-        "model.hidden": cfg.model.hidden,
-        "train.batch_size": cfg.train.batch_size,
-        "train.d_steps": cfg.train.d_steps,
-        "train.log_interval": cfg.train.log_interval,
-        "train.sample_interval": cfg.train.sample_interval,
-        "train.save_interval": cfg.train.save_interval,
-        "train.keep_checkpoints": cfg.train.keep_checkpoints,
-        "train.num_samples": cfg.train.num_samples,
-        "optimizer.g.lr": cfg.optimizer.g.lr,
-        "optimizer.d.lr": cfg.optimizer.d.lr,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{source}: '{key}' must be > 0, got {value}")
-    if not 0.0 <= cfg.train.ema_decay < 1.0:
-        raise ConfigError(f"{source}: 'train.ema_decay' must be in [0, 1), got {cfg.train.ema_decay}")
-    _check_choice(cfg.eval.extractor, ("classifier", "inception"), "eval.extractor", source)
-    if cfg.eval.interval and cfg.eval.num_samples < 10:
-        raise ConfigError(f"{source}: 'eval.num_samples' must be >= 10, got {cfg.eval.num_samples}")
-    for key, value in {"train.epochs": cfg.train.epochs, "train.max_steps": cfg.train.max_steps,
-                       "eval.interval": cfg.eval.interval, "eval.batch_size": cfg.eval.batch_size,
-                       "eval.classifier_steps": cfg.eval.classifier_steps,
-                       "data.num_workers": cfg.data.num_workers,
-                       "model.num_classes": cfg.model.num_classes}.items():
-        if value < 0:
-            raise ConfigError(f"{source}: '{key}' must be >= 0, got {value}")
-    if cfg.train.epochs == 0 and cfg.train.max_steps == 0:
+    _check_choice(e.extractor, ("classifier", "inception"), "eval.extractor", source)
+    _check_choice(m.channels, (1, 3), "model.channels", source)
+    inf = math.inf
+    # (key, value, lowest allowed, highest allowed, whether the lowest itself is allowed)
+    ranges = [
+        ("seed", cfg.seed, 0, 2**32 - 1, True),  # what paddle.seed and numpy accept
+        ("model.nz", m.nz, 0, inf, False),
+        ("model.image_size", m.image_size, 0, inf, False),
+        ("model.ngf", m.ngf, 0, inf, False),
+        ("model.ndf", m.ndf, 0, inf, False),
+        ("model.hidden", m.hidden, 0, inf, False),
+        ("model.num_classes", m.num_classes, 0, inf, True),
+        ("model.init_std", m.init_std, 0, 1, True),
+        ("data.num_workers", cfg.data.num_workers, 0, inf, True),
+        ("train.epochs", t.epochs, 0, inf, True),
+        ("train.max_steps", t.max_steps, 0, inf, True),
+        ("train.batch_size", t.batch_size, 0, inf, False),
+        ("train.real_label", t.real_label, 0, 1, False),
+        ("train.d_steps", t.d_steps, 0, inf, False),
+        ("train.cls_weight", t.cls_weight, 0, inf, True),
+        ("train.log_interval", t.log_interval, 0, inf, False),
+        ("train.sample_interval", t.sample_interval, 0, inf, False),
+        ("train.save_interval", t.save_interval, 0, inf, False),
+        ("train.keep_checkpoints", t.keep_checkpoints, 0, inf, False),
+        ("train.num_samples", t.num_samples, 0, inf, False),
+        ("train.ema_decay", t.ema_decay, 0, 0.999999, True),
+        ("eval.interval", e.interval, 0, inf, True),
+        ("eval.num_samples", e.num_samples, 10, inf, True),
+        ("eval.batch_size", e.batch_size, 0, inf, False),
+        ("eval.classifier_steps", e.classifier_steps, 0, inf, True),
+    ]
+    for side, adam in (("g", cfg.optimizer.g), ("d", cfg.optimizer.d)):
+        ranges += [
+            (f"optimizer.{side}.lr", adam.lr, 0, 1, False),
+            (f"optimizer.{side}.beta1", adam.beta1, 0, 0.999999, True),
+            (f"optimizer.{side}.beta2", adam.beta2, 0, 0.999999, True),
+        ]
+    for key, value, low, high, low_ok in ranges:
+        above = low <= value if low_ok else low < value
+        if not (math.isfinite(value) and above and value <= high):
+            if high == inf:
+                bound = f"{'>=' if low_ok else '>'} {low}"
+            else:
+                bound = f"in {'[' if low_ok else '('}{low}, {high}]"
+            raise ConfigError(f"{source}: '{key}' must be {bound}, got {value}")
+    if t.epochs == 0 and t.max_steps == 0:
         raise ConfigError(f"{source}: set 'train.epochs' or 'train.max_steps' above 0")
-    if cfg.model.channels not in (1, 3):
-        raise ConfigError(f"{source}: 'model.channels' must be 1 or 3, got {cfg.model.channels}")
-    if cfg.model.name == "acgan" and cfg.model.num_classes < 2:
+    if m.name == "acgan" and m.num_classes < 2:
         raise ConfigError(f"{source}: 'model.num_classes' must be >= 2 for acgan")
-    if cfg.model.name != "acgan" and cfg.model.num_classes:
+    if m.name != "acgan" and m.num_classes:
         raise ConfigError(f"{source}: 'model.num_classes' is only for acgan; set it to 0")
-    device = cfg.train.device
-    if not (device in ("auto", "cpu", "gpu") or (device.startswith("gpu:") and device[4:].isdigit())):
-        raise ConfigError(f"{source}: 'train.device' must be auto, cpu, gpu or gpu:N, got {device!r}")
-    for key, adam in (("optimizer.g", cfg.optimizer.g), ("optimizer.d", cfg.optimizer.d)):
-        for name in ("beta1", "beta2"):
-            beta = getattr(adam, name)
-            if not 0.0 <= beta < 1.0:
-                raise ConfigError(f"{source}: '{key}.{name}' must be in [0, 1), got {beta}")
+    device = t.device
+    if not (device in ("auto", "cpu", "gpu") or (device[:4] == "gpu:" and device[4:].isdigit())):
+        raise ConfigError(
+            f"{source}: 'train.device' must be auto, cpu, gpu or gpu:N, got {device!r}"
+        )
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring = 2, 4, 4, 60
+
+
+def _short(value) -> str:
+    """A value for an error line: nested or huge values (YAML alias bombs) cut short."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _check_choice(value: str, choices: tuple, key: str, source: str) -> None:
     if value not in choices:
-        raise ConfigError(f"{source}: '{key}' is {value!r}; valid: {', '.join(choices)}")
+        valid = ", ".join(str(c) for c in choices)
+        raise ConfigError(f"{source}: '{key}' is {_short(value)}; valid: {valid}")
 
 
 def _one_line(exc: Exception) -> str:

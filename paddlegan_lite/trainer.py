@@ -2,12 +2,15 @@
 
 `train(cfg, resume)` builds everything from a config and runs `GANTrainer.fit()`, which reads top
 to bottom: resume, then per batch a D step and a G step, then logging, sampling and saving at
-their intervals. `ACGANTrainer` overrides only what the class condition changes.
+their intervals. `ACGANTrainer` overrides only what the class condition changes. Under
+`paddle.distributed.launch` every rank runs the same loop on its slice of each global batch
+(see distributed.py); rank 0 alone writes the run folder.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import signal
 import time
@@ -19,6 +22,7 @@ import paddle
 import paddle.nn.functional as F
 
 from paddlegan_lite import checkpoint as ckpt
+from paddlegan_lite import distributed
 from paddlegan_lite.config import Config, config_from_dict, config_to_dict, dump_config
 from paddlegan_lite.errors import UserError
 from paddlegan_lite.images import make_grid, save_png, to_uint8
@@ -27,22 +31,31 @@ from paddlegan_lite.losses import d_loss, d_output_mean, g_loss
 
 
 class EpochBatchSampler:
-    """Shuffled index batches, the order a pure function of (seed, epoch): resumable mid-epoch."""
+    """Shuffled index batches, the order a pure function of (seed, epoch): resumable mid-epoch.
 
-    def __init__(self, num_items: int, batch_size: int, seed: int):
+    With several processes every rank draws the same permutation, cuts it into global batches of
+    batch_size * world_size and yields its own slice of each, so the ranks' batches together are
+    exactly the batches of one process with the global batch size.
+    """
+
+    def __init__(
+        self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ):
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.rank, self.global_batch = rank, batch_size * world_size
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.epoch, self.skip = epoch, skip_batches
 
     def __len__(self) -> int:
-        return self.num_items // self.batch_size - self.skip  # drop_last: BatchNorm wants full
+        return self.num_items // self.global_batch - self.skip  # drop_last: BatchNorm wants full
 
     def __iter__(self):
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_items)
-        for b in range(self.skip, self.num_items // self.batch_size):
-            yield order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+        for b in range(self.skip, self.num_items // self.global_batch):
+            start = b * self.global_batch + self.rank * self.batch_size
+            yield order[start : start + self.batch_size].tolist()
 
 
 @contextmanager
@@ -64,6 +77,11 @@ class GANTrainer:
     def __init__(self, cfg: Config, netG, netD, optG, optD, dataset, run_dir: str | Path):
         self.cfg, self.netG, self.netD, self.optG, self.optD = cfg, netG, netD, optG, optD
         self.dataset = dataset
+        # the nets' DataParallel wrappers (the nets themselves with one process): the training
+        # forward passes go through them so that gradients are averaged over ranks
+        self.dp_netG, self.dp_netD = distributed.wrap(netG), distributed.wrap(netD)
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.global_batch = cfg.train.batch_size * self.world_size
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.loss_kind = cfg.train.loss
@@ -82,21 +100,28 @@ class GANTrainer:
         t = self.cfg.train
         if resume_from is not None:
             self.load(resume_from)
-        sampler = EpochBatchSampler(len(self.dataset), t.batch_size, self.cfg.seed)
-        steps_per_epoch = len(self.dataset) // t.batch_size
+        distributed.check_same(self.step, "the step to resume from")
+        sampler = EpochBatchSampler(
+            len(self.dataset), t.batch_size, self.cfg.seed, self.rank, self.world_size
+        )
+        steps_per_epoch = len(self.dataset) // self.global_batch
         if steps_per_epoch == 0:
-            raise UserError(
-                f"dataset has {len(self.dataset)} images, fewer than train.batch_size={t.batch_size}"
-            )
+            per_step = f"train.batch_size={t.batch_size}"
+            if self.world_size > 1:
+                per_step += f" x {self.world_size} processes"
+            raise UserError(f"dataset has {len(self.dataset)} images, fewer than {per_step}")
         total_steps = self.total_steps(steps_per_epoch)
-        logger = RunLogger(self.run_dir, resume_step=self.step if resume_from else None)
+        if distributed.is_main():
+            logger = RunLogger(self.run_dir, resume_step=self.step if resume_from else None)
+        else:
+            logger = _NoOutput()  # rank 0 writes the run's logs; no VisualDL writer here
         meter = _Meter(first_step=self.step + 1)
-        if self.cfg.eval.interval:
+        if self.cfg.eval.interval and distributed.is_main():
             self.evaluator = self.build_evaluator()
         last = {}
         self._install_signal_handlers()
         try:
-            while self.step < total_steps and self._stop_signal is None:
+            while self.step < total_steps and not self.stop_requested():
                 sampler.set_epoch(self.epoch, self.batch_in_epoch)
                 for real, labels in self.make_loader(sampler):
                     paddle.seed(self.step_seed())  # noise, dropout: a function of (seed, step)
@@ -113,7 +138,7 @@ class GANTrainer:
 
                     self.step += 1
                     self.batch_in_epoch += 1
-                    meter.add(loss_d, loss_g, d_real, d_fake, real.shape[0])
+                    meter.add(loss_d, loss_g, d_real, d_fake, self.global_batch)
                     if self.step % t.log_interval == 0:
                         last = self.log_metrics(logger, meter, total_steps)
                     if self.step % t.sample_interval == 0:
@@ -124,7 +149,7 @@ class GANTrainer:
                     if self.evaluator is not None and self.step % self.cfg.eval.interval == 0:
                         self.check_finite(meter)
                         self.evaluate(logger)
-                    if self.step >= total_steps or self._stop_signal is not None:
+                    if self.step >= total_steps or self.stop_requested():
                         break
                 else:
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
@@ -160,10 +185,24 @@ class GANTrainer:
     def step_seed(self) -> int:
         return (self.cfg.seed * 1_000_003 + self.step) % (2**31 - 1)
 
+    def stop_requested(self) -> bool:
+        """Whether SIGINT/SIGTERM reached this or (several processes) any rank. Every rank asks at
+        the same points and takes the all-reduced answer, never its own flag, which a signal may
+        set during the all-reduce: so all ranks stop after the same step."""
+        if not distributed.any_rank(self._stop_signal is not None):
+            return False
+        self._stop_signal = self._stop_signal or "a stop signal (on another rank)"
+        return True
+
     # ------------------------------------------------------------------ one step
     def sample_latent(self, batch_size: int):
-        """Noise z ~ N(0, 1) [B, nz]; unconditional models take no labels."""
-        return paddle.randn([batch_size, self.netG.nz]), None
+        """Noise z ~ N(0, 1) [B, nz]; unconditional models take no labels.
+
+        Every rank draws the noise of the whole global batch (same step seed) and keeps its own
+        slice: ranks get different noise, and the run matches one process with the global batch.
+        """
+        z = paddle.randn([batch_size * self.world_size, self.netG.nz])
+        return distributed.own_slice(z), None
 
     def generate(self, z, labels=None, net=None):
         return (net or self.netG)(z)
@@ -184,9 +223,12 @@ class GANTrainer:
 
     def d_step(self, real, labels):
         z, gen_labels = self.sample_latent(real.shape[0])
-        fake = self.generate(z, gen_labels)
-        real_out = self.netD(real)
-        fake_out = self.netD(fake.detach())
+        distributed.seed_per_rank(self.step_seed())  # each rank its own dropout masks
+        # through the DataParallel wrappers: this backward averages D's gradients over ranks, the
+        # G step's backward (which reaches G through `fake`) averages G's
+        fake = self.generate(z, gen_labels, net=self.dp_netG)
+        real_out = self.dp_netD(real)
+        fake_out = self.dp_netD(fake.detach())
         loss, real_logits, fake_logits = self.d_objective(real_out, fake_out, labels, gen_labels)
         self.optD.clear_grad(set_to_zero=False)
         loss.backward()
@@ -196,6 +238,8 @@ class GANTrainer:
         return loss.detach(), d_real, d_fake, fake, gen_labels
 
     def g_step(self, fake, gen_labels):
+        # D's own layer, not its DataParallel wrapper: frozen D gets no weight gradients here,
+        # so there is nothing of D's to average (the G step's gradient reaches G through `fake`)
         with frozen(self.netD):
             loss = self.g_objective(self.netD(fake), gen_labels)
             self.optG.clear_grad(set_to_zero=False)
@@ -246,7 +290,9 @@ class GANTrainer:
         logger.scalars(self.step, values, line)
         return values
 
-    def save_samples(self, logger: RunLogger) -> Path:
+    def save_samples(self, logger: RunLogger) -> Path | None:
+        if not distributed.is_main():
+            return None  # rank 0 draws the grids
         net = self.sample_net()
         net.eval()  # BatchNorm with running statistics, as the exported model runs
         with paddle.no_grad():
@@ -288,8 +334,8 @@ class GANTrainer:
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:
         """Checkpoint this step (once per step: a second call returns the same folder)."""
-        if self._saved_step == self.step:
-            return self.ckpt_dir / f"step_{self.step:08d}"
+        if self._saved_step == self.step or not distributed.is_main():
+            return self.ckpt_dir / f"step_{self.step:08d}"  # rank 0 writes what all ranks hold
         state = {
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
@@ -317,6 +363,11 @@ class GANTrainer:
 
     def load(self, path: str | Path) -> None:
         state, tensors = ckpt.load_checkpoint(path)
+        missing = [k for k in ("config", "epoch", "batch_in_epoch") if k not in state]
+        if missing or "fixed_z" not in tensors["extra"]:
+            raise ckpt.CheckpointError(
+                f"checkpoint {path} lacks {missing or ['fixed_z']}: not a training checkpoint"
+            )
         saved = config_from_dict(state["config"], source=f"{path}/state.json")
         if config_to_dict(saved)["model"] != config_to_dict(self.cfg)["model"]:
             raise ckpt.CheckpointError(
@@ -326,7 +377,8 @@ class GANTrainer:
         ckpt.load_layer_arrays(self.netG, tensors["netG"], "generator")
         ckpt.load_layer_arrays(self.netD, tensors["netD"], "discriminator")
         if self.netG_ema is not None:
-            ema = tensors.get("netG_ema") or tensors["netG"]  # EMA switched on at resume: start at G
+            # EMA switched on at resume: start at G
+            ema = tensors.get("netG_ema") or tensors["netG"]
             ckpt.load_layer_arrays(self.netG_ema, ema, "EMA generator")
         if state.get("best_fid") is not None:
             self.best_fid = float(state["best_fid"])
@@ -342,13 +394,15 @@ class GANTrainer:
 
     # ------------------------------------------------------------------ signals
     def _install_signal_handlers(self) -> None:
-        """First SIGINT/SIGTERM: finish the step, save, exit cleanly. A second one: stop now."""
+        """First SIGINT/SIGTERM: finish the step, save, exit cleanly. A second one: stop now
+        (with several processes only a second SIGINT: the launcher's Ctrl-C sends each rank
+        SIGTERM three times 0.2 s apart, and SIGKILL only after 30 s)."""
         self._previous_handlers = {}
 
         def request_stop(signum, frame):
-            if self._stop_signal is not None:
+            if self._stop_signal is not None and (signum == signal.SIGINT or self.world_size < 2):
                 raise KeyboardInterrupt
-            self._stop_signal = signal.Signals(signum).name
+            self._stop_signal = self._stop_signal or signal.Signals(signum).name
 
         try:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -365,8 +419,12 @@ class ACGANTrainer(GANTrainer):
     """AC-GAN: G draws a class per sample; D adds the class cross-entropy on real and fake."""
 
     def sample_latent(self, batch_size: int):
-        z = paddle.randn([batch_size, self.netG.nz])
-        return z, paddle.randint(0, self.netG.num_classes, [batch_size], dtype="int64")
+        """Noise [B, nz] and classes [B]: this rank's slice of the global batch's draw."""
+        z = paddle.randn([batch_size * self.world_size, self.netG.nz])
+        labels = paddle.randint(
+            0, self.netG.num_classes, [batch_size * self.world_size], dtype="int64"
+        )
+        return distributed.own_slice(z), distributed.own_slice(labels)
 
     def generate(self, z, labels=None, net=None):
         return (net or self.netG)(z, labels)
@@ -453,17 +511,39 @@ class _Meter:
         return values
 
 
+class _NoOutput:
+    """The RunLogger of ranks other than 0: rank 0 writes metrics, VisualDL and samples."""
+
+    def scalars(self, *args, **kwargs) -> None:
+        pass
+
+    def image(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _format_seconds(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 # ---------------------------------------------------------------------- building a run
-def build_optimizers(cfg: Config, netG, netD):
+def build_optimizers(cfg: Config, netG, netD, lr_scale: float = 1.0):
     g, d = cfg.optimizer.g, cfg.optimizer.d
-    optG = paddle.optimizer.Adam(g.lr, beta1=g.beta1, beta2=g.beta2, parameters=netG.parameters())
-    optD = paddle.optimizer.Adam(d.lr, beta1=d.beta1, beta2=d.beta2, parameters=netD.parameters())
+    optG = paddle.optimizer.Adam(
+        g.lr * lr_scale, beta1=g.beta1, beta2=g.beta2, parameters=netG.parameters()
+    )
+    optD = paddle.optimizer.Adam(
+        d.lr * lr_scale, beta1=d.beta1, beta2=d.beta2, parameters=netD.parameters()
+    )
     return optG, optD
+
+
+def lr_multiplier(cfg: Config) -> int:
+    """distributed.scale_lr: learning rates times the number of processes (linear scaling rule)."""
+    return distributed.world_size() if cfg.distributed.scale_lr else 1
 
 
 def build_trainer(cfg: Config, dataset) -> GANTrainer:
@@ -471,7 +551,9 @@ def build_trainer(cfg: Config, dataset) -> GANTrainer:
 
     paddle.seed(cfg.seed)  # weight init is part of what `seed` makes repeatable
     netG, netD = build_models(cfg.model)
-    optG, optD = build_optimizers(cfg, netG, netD)
+    if cfg.distributed.sync_bn:  # before the optimizers: SyncBatchNorm may bring its own parameters
+        netG, netD = distributed.sync_batchnorm(netG), distributed.sync_batchnorm(netD)
+    optG, optD = build_optimizers(cfg, netG, netD, lr_multiplier(cfg))
     trainer_cls = ACGANTrainer if cfg.model.num_classes else GANTrainer
     return trainer_cls(cfg, netG, netD, optG, optD, dataset, cfg.train.output_dir)
 
@@ -493,9 +575,20 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     from paddlegan_lite.datasets import build_dataset
     from paddlegan_lite.runtime import select_device
 
-    device = select_device(cfg.train.device)
+    device = select_device(distributed.local_device(cfg.train.device))
+    if cfg.eval.interval and distributed.world_size() > 1 and device == "cpu":
+        raise UserError(
+            "eval.interval with several CPU processes: evaluation runs on rank 0 while the others "
+            "wait, and Paddle's gloo backend aborts a wait over 30 s; evaluate checkpoints with "
+            "tools/eval.py instead"
+        )
+    distributed.init(device)  # several processes (paddle.distributed.launch): join the group
+    if not distributed.is_main():
+        log.setLevel(logging.WARNING)  # rank 0 speaks for the run
     run_dir = Path(cfg.train.output_dir)
-    resume_path = resolve_resume(resume, run_dir)
+    resume_path = resolve_resume(resume, run_dir)  # every rank loads the same checkpoint
+    # every rank reads the data itself (a download is atomic per process): a rank-0-first
+    # barrier would outlast gloo's 30 s limit on a download or a large decode
     dataset = build_dataset(cfg.data, cfg.model.image_size, cfg.model.channels, train=True)
     if cfg.model.num_classes and dataset.num_classes != cfg.model.num_classes:
         raise UserError(
@@ -503,8 +596,33 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             f"{dataset.num_classes} classes"
         )
     trainer = build_trainer(cfg, dataset)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    if distributed.is_main():
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        except OSError as exc:
+            raise UserError(
+                f"train.output_dir={run_dir}: cannot write the run folder ({exc.strerror or exc})"
+            ) from None
     log.info(f"config:\n{dump_config(cfg)}")
     log.info(f"device: {device}; data: {dataset.source}; run folder: {run_dir}")
+    if distributed.world_size() > 1:
+        log_data_parallel(cfg)
     return trainer.fit(resume_from=resume_path)
+
+
+def log_data_parallel(cfg: Config) -> None:
+    """What changes with several processes: the global batch and (distributed.scale_lr) the lr."""
+    world, batch = distributed.world_size(), cfg.train.batch_size
+    scale = lr_multiplier(cfg)
+    lr = (
+        f"learning rates x{scale} (distributed.scale_lr): G {cfg.optimizer.g.lr * scale:g}, "
+        f"D {cfg.optimizer.d.lr * scale:g}"
+        if cfg.distributed.scale_lr
+        else "learning rates as configured (distributed.scale_lr=false)"
+    )
+    log.info(
+        f"data parallel: {world} processes ({distributed.backend()}); batch {batch} per device, "
+        f"global batch {batch * world}; {lr}; BatchNorm statistics "
+        f"{'synced over the global batch' if cfg.distributed.sync_bn else 'per device'}"
+    )
