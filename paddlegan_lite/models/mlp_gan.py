@@ -1,4 +1,7 @@
-"""The fully connected GAN of the TensorLayerX MNIST tutorial: G 100-256-256-784, D 784-256-256-1."""
+"""The fully connected GAN of the TensorLayerX MNIST tutorial.
+
+G 100-256-256-784 (ReLU, ReLU, Tanh), D 784-256-256-1 (LeakyReLU 0.2, one logit).
+"""
 
 from __future__ import annotations
 
