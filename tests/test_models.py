@@ -40,10 +40,14 @@ def test_seed_widths():
     """The tutorials' layer widths at the seeds' own settings."""
     netG, netD = build_models(ModelConfig("mlp_gan", image_size=28, channels=1, init_std=0))
     assert [tuple(p.shape) for p in netG.parameters() if len(p.shape) == 2] == [
-        (100, 256), (256, 256), (256, 784)
+        (100, 256),
+        (256, 256),
+        (256, 784),
     ]
     assert [tuple(p.shape) for p in netD.parameters() if len(p.shape) == 2] == [
-        (784, 256), (256, 256), (256, 1)
+        (784, 256),
+        (256, 256),
+        (256, 1),
     ]
     g = DCGANGenerator(nz=100, ngf=128, channels=3, image_size=64)  # the MXNet tutorial's G
     widths = [p.shape[1] for p in g.parameters() if len(p.shape) == 4]

@@ -10,6 +10,8 @@ import math
 
 from paddle import nn
 
+from paddlegan_lite.models.layers import FastConv2D
+
 
 def num_doublings(image_size: int) -> int:
     """Stride-2 layers between a 4x4 map and image_size x image_size."""
@@ -67,8 +69,8 @@ class DCGANDiscriminator(nn.Layer):
                 nn.LeakyReLU(0.2),
             ]  # each: channels double, side halves
             width *= 2
-        # state size. (ndf * 2^(n-1)) x 4 x 4 -> one logit
-        layers += [nn.Conv2D(width, 1, 4, 1, 0, bias_attr=False)]
+        # state size. (ndf * 2^(n-1)) x 4 x 4 -> one logit (the kernel covers it: one matmul)
+        layers += [FastConv2D(width, 1, 4, 1, 0, bias_attr=False)]
         self.main = nn.Sequential(*layers)
 
     def forward(self, x):

@@ -1,0 +1,80 @@
+"""Paddle conv layers that compute the same function as the stock ones, faster on CPU.
+
+Each subclasses the Paddle layer it replaces: same constructor, same parameters and state_dict
+keys, same math (tests/test_speed_options.py checks outputs and gradients against the stock
+layer); only the kernels Paddle runs differ. Anything outside the fast cases runs the stock code.
+"""
+
+from __future__ import annotations
+
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+
+def _stock_options(layer) -> bool:
+    """Zero padding mode, NCHW, no groups or dilation: the cases the fast paths are written for."""
+    return (
+        layer._padding_mode == "zeros"
+        and layer._data_format == "NCHW"
+        and layer._groups == 1
+        and list(layer._dilation) == [1, 1]
+    )
+
+
+def _add_bias(y, bias):
+    # Paddle's conv adds its bias as [1, C, 1, 1], a slow broadcast on CPU; [C, 1, 1] is the same
+    # sum through a fast path (measured: add + its gradient 46 -> 5 ms at [128, 128, 14, 14])
+    return y if bias is None else y + bias.reshape([-1, 1, 1])
+
+
+class FastConv2D(nn.Conv2D):
+    """nn.Conv2D. A kernel that covers its whole unpadded input (DCGAN's last D layer: 4x4 -> 1x1)
+    is one matmul over the batch instead of a per-sample im2col + GEMM; the bias is added as
+    [C, 1, 1]."""
+
+    def forward(self, x):
+        if not _stock_options(self):
+            return super().forward(x)
+        if self._padding == 0 and list(x.shape[2:]) == list(self._kernel_size):
+            # [N, Ci*kh*kw] @ [Co, Ci*kh*kw]^T: the conv's single output pixel per sample
+            flat = paddle.matmul(x.flatten(1), self.weight.flatten(1), transpose_y=True)
+            return _add_bias(flat.reshape([-1, self._out_channels, 1, 1]), self.bias)
+        y = F.conv2d(x, self.weight, None, self._stride, self._padding, self._dilation)
+        return _add_bias(y, self.bias)
+
+
+# Row k: which rows of a 3x3 kernel, run on a 2x nearest-upsampled map, read the input row that a
+# stride-2 4x4 transposed kernel's row k reads. Output row 2i+a reads upsampled rows 2i+a-1..+1,
+# i.e. input rows (i-1, i, i) for a = 0 and (i, i, i+1) for a = 1.
+_FOLD_3X3_TO_4X4 = [[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+
+
+class UpsampleConv2D(nn.Conv2D):
+    """2x nearest upsampling followed by this 3x3, padding-1 nn.Conv2D, computed as one stride-2
+    transposed conv whose 4x4 kernel sums the 3x3 taps that read the same input pixel.
+
+    Same function and same parameters ([Co, Ci, 3, 3] weight, bias) as Upsample + Conv2D, with
+    2.25x fewer multiply-adds and no upsampled copy (measured fwd + bwd 492 -> 156 ms for AC-GAN's
+    128 -> 64 layer at batch 128).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if list(self._kernel_size) != [3, 3] or self._padding != 1 or list(self._stride) != [1, 1]:
+            raise ValueError("UpsampleConv2D is for 3x3 convolutions with padding 1 and stride 1")
+        if not _stock_options(self):
+            raise ValueError("UpsampleConv2D takes zero padding, NCHW, no groups or dilation")
+        fold = paddle.to_tensor(_FOLD_3X3_TO_4X4, dtype=self.weight.dtype)
+        self.register_buffer("fold", fold, persistable=False)  # not in state_dict
+
+    def forward(self, x):
+        """x [N, Ci, H, W] -> [N, Co, 2H, 2W]."""
+        # [4, 3] @ [Co, Ci, 3, 3] @ [3, 4] -> [Co, Ci, 4, 4], then the transposed-conv layout
+        fold = self.fold.astype(self.weight.dtype)  # float16 weights after AMP O2 decorate
+        kernel = paddle.matmul(paddle.matmul(fold, self.weight), fold, transpose_y=True)
+        y = F.conv2d_transpose(x, kernel.transpose([1, 0, 2, 3]), stride=2, padding=1)
+        return _add_bias(y, self.bias)
+
+
+__all__ = ["FastConv2D", "UpsampleConv2D"]
