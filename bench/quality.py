@@ -21,6 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 import paddlegan_lite  # noqa: E402,F401  (sets CPU math flags before Paddle loads)
+from paddlegan_lite.runtime import cpu_model  # noqa: E402
 
 CONFIGS = ("mlp_gan_mnist", "dcgan_mnist", "acgan_mnist", "dcgan_cifar10")
 
@@ -140,16 +141,6 @@ def short_source(source: str) -> str:
         return source.split(" from ")[0] + source[source.rfind(" (") :]
     return source
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -28,6 +28,14 @@ def read_cpuinfo() -> str:
         return ""
 
 
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The processor's model name, as benchmarks quote it with every speed figure."""
+    for line in (read_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 def cpu_vendor(cpuinfo: str | None = None) -> str:
     """'amd', 'intel' or '' from /proc/cpuinfo text (Linux); '' where it cannot be read."""
     for line in (read_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
