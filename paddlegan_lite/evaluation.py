@@ -29,6 +29,7 @@ from paddlegan_lite.extractors import (
 from paddlegan_lite.logger import log
 from paddlegan_lite.metrics import (
     class_accuracy,
+    class_histogram,
     feature_stats,
     frechet_distance,
     inception_score,
@@ -237,9 +238,10 @@ def generator_fn(netG):
 
 # ---------------------------------------------------------------------- metrics
 def compare(reference: FeatureSet, samples: FeatureSet, seed: int = 0) -> dict:
-    """Metrics of `samples` against `reference`, as plain floats: fid, kid, kid_std, is, is_std
-    (when the extractor gives probabilities), class_acc (when samples carry labels), precision,
-    recall."""
+    """Metrics of `samples` against `reference`, as plain floats: fid, kid, kid_std; when the
+    extractor gives class probabilities also is, is_std, class_min_share (the rarest predicted
+    class's share times the number of classes) and class_hist (a list: each class's share);
+    class_acc when samples carry labels; precision, recall."""
     kid, kid_std = kernel_inception_distance(
         samples.features, reference.features, KID_SUBSETS, KID_SUBSET_SIZE, seed
     )
@@ -255,6 +257,10 @@ def compare(reference: FeatureSet, samples: FeatureSet, seed: int = 0) -> dict:
         result["is"], result["is_std"] = inception_score(samples.probs, min(IS_SPLITS, n))
         if samples.labels is not None:
             result["class_acc"] = class_accuracy(samples.probs, samples.labels)
+        # which classes the classifier sees: a collapse onto a few digits shows here first
+        shares = class_histogram(samples.probs)
+        result["class_min_share"] = float(shares.min() * len(shares))  # 1.0: all equally often
+        result["class_hist"] = [round(float(x), 4) for x in shares]
     result["precision"], result["recall"] = precision, recall
     return result
 
@@ -410,15 +416,16 @@ class LoadedModel:
     info: dict  # for the report: source, path, step
 
 
-def load_checkpoint_model(path, device: str = "auto") -> LoadedModel:
+def load_checkpoint_model(path, device: str = "auto", weights: str = "auto") -> LoadedModel:
     """A generator from a checkpoint folder (or a run folder: its newest checkpoint), built from
-    the checkpoint's own config; EMA weights are used when the checkpoint has them."""
+    the checkpoint's own config. weights: "auto" (the EMA weights when the checkpoint has them),
+    "ema" or "raw" (G's own)."""
     from paddlegan_lite.export import load_generator, resolve_checkpoint
     from paddlegan_lite.runtime import select_device
 
     path = resolve_checkpoint(path)
     select_device(device)
-    netG, run_cfg, state, weights = load_generator(path)
+    netG, run_cfg, state, weights = load_generator(path, weights)
     m = run_cfg.model
     info = {"source": "checkpoint", "path": str(path), "step": int(state.get("step", 0))}
     info["weights"] = weights
@@ -524,6 +531,7 @@ _ROWS = (  # (key, label, format, scale)
     ("kid", "KID", "{:.4g}", 1.0),  # its scale follows the features': 1e-3 to 1
     ("is", "IS", "{:.3f}", 1.0),
     ("class_acc", "class accuracy", "{:.4f}", 1.0),
+    ("class_min_share", "rarest class", "{:.2f}", 1.0),  # share x classes; 1.0 = uniform
     ("precision", "precision", "{:.4f}", 1.0),
     ("recall", "recall", "{:.4f}", 1.0),
 )
@@ -539,6 +547,10 @@ def format_report(report: dict) -> str:
         cells = [_cell(values, key, fmt, scale) for values in columns]
         lines.append(f"{label:<16}{cells[0]:>20}{cells[1]:>24}")
     lines.append(f"{'images':<16}{report['num_samples']:>20}{report['floor']['num_samples']:>24}")
+    if "class_hist" in columns[0]:
+        for name, values in zip(("generated", "floor"), columns):
+            shares = " ".join(f"{100 * x:.0f}" for x in values["class_hist"])
+            lines.append(f"classes seen in {name} images (% per class 0..K-1): {shares}")
     model, data = report["model"], report["data"]
     lines += [
         f"model: {model['name']} from {model['source']} {model['path']} (step {model['step']})",

@@ -141,6 +141,15 @@ def class_accuracy(scores, labels) -> float:
     return float(np.mean(scores.argmax(axis=1) == labels))
 
 
+def class_histogram(scores, num_classes: int | None = None) -> np.ndarray:
+    """Share of rows of scores [N, K] whose top class is k, for k < K (or num_classes): a
+    generator collapsed onto a few classes shows near-zero shares for the rest."""
+    scores = _as_matrix(scores, "scores")
+    k = scores.shape[1] if num_classes is None else num_classes
+    counts = np.bincount(scores.argmax(axis=1), minlength=k)[:k]
+    return counts / max(len(scores), 1)
+
+
 # ---------------------------------------------------------------------- helpers
 def _as_matrix(array, name: str) -> np.ndarray:
     array = np.asarray(array, dtype=np.float64)

@@ -329,7 +329,8 @@ class GANTrainer:
         from paddlegan_lite.evaluation import generator_fn
 
         start = time.perf_counter()
-        metrics = self.evaluator(generator_fn(self.sample_net()))
+        report = self.evaluator(generator_fn(self.sample_net()))
+        metrics = {k: v for k, v in report.items() if isinstance(v, float)}  # not class_hist
         line = f"eval step {self.step}: " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         logger.scalars(self.step, metrics, f"{line} ({time.perf_counter() - start:.0f} s)", "eval")
         if metrics["fid"] < self.best_fid:

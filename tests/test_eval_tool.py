@@ -21,7 +21,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/acgan_mnist.yaml"
 NUM_SAMPLES = 100  # = the test split, so the floor's class accuracy is the classifier's
 CLASSIFIER_STEPS = 30
-METRICS = {"fid", "kid", "kid_std", "is", "is_std", "class_acc", "precision", "recall"}
+METRICS = {
+    "fid", "kid", "kid_std", "is", "is_std", "class_acc", "precision", "recall",
+    "class_min_share", "class_hist",
+}  # fmt: skip
+
+
+def scalars(metrics: dict) -> dict:
+    """The metrics without the per-class histogram (a list)."""
+    return {k: v for k, v in metrics.items() if k != "class_hist"}
 
 
 def run_tool(script, *args, cache, timeout=240):
@@ -90,7 +98,10 @@ def test_eval_on_a_checkpoint_prints_a_table_and_writes_json(run, checkpoint_rep
     assert report["data"]["reference_images"] == 200
     assert report["data"]["heldout"].startswith("the test split")
     for values in (report["generated"], report["floor"]):
-        assert all(np.isfinite(v) for v in values.values())
+        hist = values["class_hist"]  # per-class shares of the classifier's top class
+        assert len(hist) == 10 and sum(hist) == pytest.approx(1.0, abs=1e-3)
+        assert values["class_min_share"] == pytest.approx(min(hist) * 10, abs=1e-3)
+        assert all(np.isfinite(v) for k, v in values.items() if k != "class_hist")
         assert 0.0 <= values["precision"] <= 1.0 and 0.0 <= values["recall"] <= 1.0
         assert 1.0 <= values["is"] <= 10.0  # IS is between 1 and the number of classes
 
@@ -151,7 +162,8 @@ def test_eval_on_an_exported_model_matches_the_checkpoint(run, checkpoint_report
     for key in ("fid", "kid", "is", "precision", "recall", "class_acc"):
         expected = from_checkpoint["generated"][key]
         assert report["generated"][key] == pytest.approx(expected, rel=1e-3, abs=1e-6), key
-    assert report["floor"] == pytest.approx(from_checkpoint["floor"])
+    assert scalars(report["floor"]) == pytest.approx(scalars(from_checkpoint["floor"]))
+    assert report["floor"]["class_hist"] == from_checkpoint["floor"]["class_hist"]
 
 
 def test_inception_without_weights_is_one_line_and_exit_2(run):
@@ -190,7 +202,10 @@ def test_a_generator_of_heldout_images_scores_the_floor_and_noise_does_not(run, 
 
     floor = evaluator.floor()
     generated = evaluator(heldout_images)
-    assert generated == pytest.approx({k: v for k, v in floor.items() if k != "num_samples"})
+    assert scalars(generated) == pytest.approx(
+        {k: v for k, v in scalars(floor).items() if k != "num_samples"}
+    )
+    assert generated["class_hist"] == floor["class_hist"]
     assert "class_acc" not in generated  # unconditional: no requested classes
 
     def noise(z, labels):

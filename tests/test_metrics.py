@@ -9,6 +9,7 @@ from scipy.special import softmax
 
 from paddlegan_lite.metrics import (
     class_accuracy,
+    class_histogram,
     feature_stats,
     frechet_distance,
     inception_score,
@@ -256,3 +257,12 @@ def test_class_accuracy_takes_probabilities_or_logits():
     assert class_accuracy(softmax(logits, axis=1), labels) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="do not match"):
         class_accuracy(logits, labels[:3])
+
+
+def test_class_histogram_counts_top_classes_and_shows_a_collapse():
+    scores = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]])
+    np.testing.assert_allclose(class_histogram(scores), [0.5, 0.25, 0.25])
+    collapsed = np.tile([0.0, 1.0, 0.0], (8, 1))  # every sample the same class
+    np.testing.assert_allclose(class_histogram(collapsed), [0.0, 1.0, 0.0])
+    # classes the scores never name still get a (zero) share when num_classes says so
+    np.testing.assert_allclose(class_histogram(scores, num_classes=4), [0.5, 0.25, 0.25, 0.0])

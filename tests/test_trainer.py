@@ -18,6 +18,7 @@ from paddlegan_lite.checkpoint import CheckpointError, find_latest, load_checkpo
 from paddlegan_lite.config import load_config
 from paddlegan_lite.datasets import build_dataset
 from paddlegan_lite.errors import UserError
+from paddlegan_lite.export import ExportError, load_generator
 from paddlegan_lite.trainer import build_trainer, train
 
 
@@ -213,6 +214,21 @@ def test_eval_during_training_logs_fid_and_keeps_best(repo_root, mnist_root, tmp
     # the EMA generator is saved beside G and differs from it (it lags behind)
     assert tensors["netG_ema"].keys() == tensors["netG"].keys()
     assert any(not np.allclose(tensors["netG_ema"][k], tensors["netG"][k]) for k in tensors["netG"])
+    # eval and export take the EMA generator unless asked for G's own weights
+    for weights, key in (("auto", "netG_ema"), ("ema", "netG_ema"), ("raw", "netG")):
+        netG, _, _, loaded = load_generator(best, weights)
+        assert loaded == key
+        for name, value in netG.state_dict().items():
+            np.testing.assert_array_equal(value.numpy(), tensors[key][name])
+    assert "class_hist" not in evals[0] and 0 <= evals[0]["class_min_share"] <= 10
+
+
+def test_asking_for_ema_weights_of_a_run_without_them_is_an_error(tmp_path, repo_root, mnist_root):
+    out = tmp_path / "run"
+    train(tiny_cfg(repo_root, "dcgan_mnist", mnist_root, out, "train.max_steps=1"))
+    with pytest.raises(ExportError, match="no EMA generator"):
+        load_generator(out / "checkpoints" / "latest", "ema")
+    assert load_generator(out / "checkpoints" / "latest", "auto")[3] == "netG"
 
 
 def test_ema_is_the_running_average_of_g(repo_root, mnist_root, tmp_path):

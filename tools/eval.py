@@ -40,6 +40,12 @@ def main() -> int:
         "--classifier_steps", type=int, default=None, help="training steps of a new classifier"
     )
     parser.add_argument("--cache_dir", help="default: $PADDLEGAN_LITE_CACHE or ~/.cache/...")
+    parser.add_argument(
+        "--weights",
+        choices=("auto", "ema", "raw"),
+        default="auto",
+        help="checkpoint generator: auto (EMA when the run kept one), ema, or raw (G's own)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, gpu or gpu:N")
     parser.add_argument("--output", help="JSON report (default: beside the model)")
     args = parser.parse_args()
@@ -50,11 +56,13 @@ def main() -> int:
 
     if args.num_samples < evaluation.MIN_SAMPLES or args.batch_size < 1:
         raise UserError(f"--num_samples must be >= {evaluation.MIN_SAMPLES} and --batch_size >= 1")
+    if args.model_dir and args.weights != "auto":
+        raise UserError("--weights picks a checkpoint's generator; an exported model has one")
     config_path = args.data or args.config
     if args.override and not config_path:
         raise UserError("-o needs -c or --data: overrides apply to a config file")
     if args.checkpoint:
-        model = evaluation.load_checkpoint_model(args.checkpoint, args.device)
+        model = evaluation.load_checkpoint_model(args.checkpoint, args.device, args.weights)
     else:
         model = evaluation.load_model_dir(args.model_dir, args.device, args.batch_size)
     if config_path:
