@@ -23,6 +23,7 @@ from paddlegan_lite.errors import UserError
 MODEL_NAMES = ("mlp_gan", "dcgan", "acgan")
 LOSS_NAMES = ("vanilla", "lsgan", "hinge")
 DATASET_NAMES = ("mnist", "cifar10", "folder")
+AMP_MODES = ("off", "fp16", "bf16")  # train.amp
 
 
 class ConfigError(UserError):
@@ -68,6 +69,7 @@ class TrainConfig:
     keep_checkpoints: int = 3  # newest step checkpoints kept on disk
     num_samples: int = 64  # images in the fixed-noise sample grid (AC-GAN: rounded to classes)
     ema_decay: float = 0.0  # > 0: keep an EMA of G's weights for samples, eval and export
+    amp: str = "off"  # off | fp16 | bf16: GPU mixed precision (auto_cast O1; fp16 + GradScaler)
 
 
 @dataclass
@@ -93,6 +95,7 @@ class AdamConfig:
 class OptimizerConfig:
     g: AdamConfig = field(default_factory=AdamConfig)  # generator's Adam
     d: AdamConfig = field(default_factory=AdamConfig)  # discriminator's Adam
+    multi_tensor: bool = False  # one fused Adam update for all of a net's parameters
 
 
 @dataclass
@@ -201,9 +204,7 @@ def _apply_override(raw: dict, item: str, path: Path) -> None:
 
 def _build(cls, raw, where: str, source: str):
     if not isinstance(raw, dict):
-        raise ConfigError(
-            f"{source}: '{where}' must be a section (mapping), got {_short(raw)}"
-        )
+        raise ConfigError(f"{source}: '{where}' must be a section (mapping), got {_short(raw)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in raw if k not in names]
@@ -240,8 +241,7 @@ def _coerce(kind, value, key: str, source: str):
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     raise ConfigError(
-        f"{source}: '{key}' must be {kind.__name__}, got {_short(value)} "
-        f"({type(value).__name__})"
+        f"{source}: '{key}' must be {kind.__name__}, got {_short(value)} ({type(value).__name__})"
     )
 
 
@@ -252,6 +252,7 @@ def _check_values(cfg: Config, source: str) -> None:
     _check_choice(cfg.data.name, DATASET_NAMES, "data.name", source)
     _check_choice(e.extractor, ("classifier", "inception"), "eval.extractor", source)
     _check_choice(m.channels, (1, 3), "model.channels", source)
+    _check_choice(t.amp, AMP_MODES, "train.amp", source)
     inf = math.inf
     # (key, value, lowest allowed, highest allowed, whether the lowest itself is allowed)
     ranges = [

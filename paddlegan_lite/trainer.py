@@ -9,6 +9,7 @@ their intervals. `ACGANTrainer` overrides only what the class condition changes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -90,6 +91,12 @@ class GANTrainer:
         # EMA of G's weights (train.ema_decay > 0): what samples, eval and export use
         self.netG_ema = copy.deepcopy(netG) if cfg.train.ema_decay > 0 else None
         self.best_fid = math.inf
+        # train.amp (GPU): float16 needs its losses scaled, one scaler per optimizer
+        self.scalerD, self.scalerG = (
+            (paddle.amp.GradScaler(), paddle.amp.GradScaler())
+            if cfg.train.amp == "fp16"
+            else (None, None)
+        )
         self.evaluator = None
         self._stop_signal = None
         self._saved_step = None
@@ -233,13 +240,14 @@ class GANTrainer:
         distributed.seed_per_rank(self.step_seed())  # each rank its own dropout masks
         # through the DataParallel wrappers: this backward averages D's gradients over ranks, the
         # G step's backward (which reaches G through `fake`) averages G's
-        fake = self.generate(z, gen_labels, net=self.dp_netG)
-        real_out = self.dp_netD(real)
-        fake_out = self.dp_netD(fake.detach())
-        loss, real_logits, fake_logits = self.d_objective(real_out, fake_out, labels, gen_labels)
-        self.optD.clear_grad(set_to_zero=False)
-        loss.backward()
-        self.optD.step()
+        with self.autocast():
+            fake = self.generate(z, gen_labels, net=self.dp_netG)
+            real_out = self.dp_netD(real)
+            fake_out = self.dp_netD(fake.detach())
+            loss, real_logits, fake_logits = self.d_objective(
+                real_out, fake_out, labels, gen_labels
+            )
+        self.backward_and_step(loss, self.optD, self.scalerD)
         d_real = d_output_mean(self.loss_kind, real_logits.detach())
         d_fake = d_output_mean(self.loss_kind, fake_logits.detach())
         return loss.detach(), d_real, d_fake, fake, gen_labels
@@ -248,11 +256,28 @@ class GANTrainer:
         # D's own layer, not its DataParallel wrapper: frozen D gets no weight gradients here,
         # so there is nothing of D's to average (the G step's gradient reaches G through `fake`)
         with frozen(self.netD):
-            loss = self.g_objective(self.netD(fake), gen_labels)
-            self.optG.clear_grad(set_to_zero=False)
-            loss.backward()
-            self.optG.step()
+            with self.autocast():
+                loss = self.g_objective(self.netD(fake), gen_labels)
+            self.backward_and_step(loss, self.optG, self.scalerG)
         return loss.detach()
+
+    def autocast(self):
+        """train.amp: forward passes in float16/bfloat16 where Paddle deems it safe (O1)."""
+        if self.cfg.train.amp == "off":
+            return contextlib.nullcontext()
+        dtype = {"fp16": "float16", "bf16": "bfloat16"}[self.cfg.train.amp]
+        return paddle.amp.auto_cast(level="O1", dtype=dtype)
+
+    @staticmethod
+    def backward_and_step(loss, optimizer, scaler) -> None:
+        optimizer.clear_grad(set_to_zero=False)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:  # float16: scale the loss so small gradients survive; skip steps that overflow
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
 
     def d_objective(self, real_out, fake_out, labels, gen_labels):
         """(loss, real logits, fake logits) from D's outputs on real and fake images."""
@@ -352,6 +377,8 @@ class GANTrainer:
             "rng": {"seed": self.cfg.seed, "step_seed": self.step_seed()},
             "best_fid": self.best_fid if math.isfinite(self.best_fid) else None,
         }
+        if self.scalerD is not None:
+            state["amp_scalers"] = {"d": _plain(self.scalerD), "g": _plain(self.scalerG)}
         extra = {"fixed_z": self.fixed_z.numpy()}
         if self.fixed_labels is not None:
             extra["fixed_labels"] = self.fixed_labels.numpy()
@@ -390,6 +417,10 @@ class GANTrainer:
             ckpt.load_layer_arrays(self.netG_ema, ema, "EMA generator")
         if state.get("best_fid") is not None:
             self.best_fid = float(state["best_fid"])
+        scalers = state.get("amp_scalers") or {}
+        for key, scaler in (("d", self.scalerD), ("g", self.scalerG)):
+            if scaler is not None and scalers.get(key):  # empty where the scaler was inactive
+                scaler.load_state_dict(scalers[key])
         ckpt.load_optimizer_arrays(self.optG, self.netG, tensors["optG"])
         ckpt.load_optimizer_arrays(self.optD, self.netD, tensors["optD"])
         self.fixed_z = paddle.to_tensor(tensors["extra"]["fixed_z"])
@@ -532,6 +563,11 @@ class _NoOutput:
         pass
 
 
+def _plain(scaler) -> dict:
+    """A GradScaler's state as JSON values (its loss scale is a one-element array)."""
+    return {k: v.tolist() if hasattr(v, "tolist") else v for k, v in scaler.state_dict().items()}
+
+
 def _format_seconds(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -540,11 +576,12 @@ def _format_seconds(seconds: float) -> str:
 # ---------------------------------------------------------------------- building a run
 def build_optimizers(cfg: Config, netG, netD, lr_scale: float = 1.0):
     g, d = cfg.optimizer.g, cfg.optimizer.d
+    fused = cfg.optimizer.multi_tensor
     optG = paddle.optimizer.Adam(
-        g.lr * lr_scale, beta1=g.beta1, beta2=g.beta2, parameters=netG.parameters()
+        g.lr * lr_scale, g.beta1, g.beta2, parameters=netG.parameters(), use_multi_tensor=fused
     )
     optD = paddle.optimizer.Adam(
-        d.lr * lr_scale, beta1=d.beta1, beta2=d.beta2, parameters=netD.parameters()
+        d.lr * lr_scale, d.beta1, d.beta2, parameters=netD.parameters(), use_multi_tensor=fused
     )
     return optG, optD
 
@@ -584,6 +621,11 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     from paddlegan_lite.runtime import select_device
 
     device = select_device(distributed.local_device(cfg.train.device))
+    if cfg.train.amp != "off" and device == "cpu":
+        raise UserError(
+            f"train.amp={cfg.train.amp} needs a GPU: on CPU Paddle's auto_cast leaves every op "
+            "in float32 (no speed-up, no memory saved); use train.amp=off"
+        )
     if cfg.eval.interval and distributed.world_size() > 1 and device == "cpu":
         raise UserError(
             "eval.interval with several CPU processes: evaluation runs on rank 0 while the others "

@@ -60,6 +60,8 @@ def test_int_accepted_for_float(tmp_path):
         ("data: {download: 1}\n", None, "'data.download' must be bool"),
         ("model: {name: vae}\n", None, "'model.name' is 'vae'; valid: mlp_gan, dcgan, acgan"),
         ("train: {loss: wgan}\n", None, "valid: vanilla, lsgan, hinge"),
+        ("{}\n", "train.amp=fp8", "'train.amp' is 'fp8'; valid: off, fp16, bf16"),
+        ("{}\n", "optimizer.multi_tensor=maybe", "'optimizer.multi_tensor' must be bool"),
         ("model: 3\n", None, "'model' must be a section"),
         ("{}\n", "train.batch_size=0", "'train.batch_size' must be > 0"),
         ("{}\n", "train.lr=0.1", "unknown key 'train.lr'"),
@@ -105,6 +107,6 @@ def test_train_tool_rejects_unknown_key_in_one_line(repo_root):
     assert proc.stderr.strip().splitlines() == [
         "error: configs/dcgan_mnist.yaml: unknown key 'train.epoch' (valid: epochs, max_steps, "
         "batch_size, loss, real_label, d_steps, cls_weight, device, output_dir, log_interval, "
-        "sample_interval, save_interval, keep_checkpoints, num_samples, ema_decay)"
+        "sample_interval, save_interval, keep_checkpoints, num_samples, ema_decay, amp)"
     ]
     assert "Traceback" not in proc.stderr

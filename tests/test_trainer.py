@@ -51,16 +51,24 @@ def tiny_cfg(repo_root, name, mnist_root, out, *extra):
     )
 
 
-@pytest.mark.parametrize("name", ["dcgan_mnist", "acgan_mnist"])
-def test_resume_equals_uninterrupted_run(repo_root, mnist_root, tmp_path, name):
+@pytest.mark.parametrize(
+    "name, options",
+    [("dcgan_mnist", []), ("acgan_mnist", []), ("dcgan_mnist", ["optimizer.multi_tensor=true"])],
+    ids=["dcgan", "acgan", "dcgan-multi-tensor-adam"],
+)
+def test_resume_equals_uninterrupted_run(repo_root, mnist_root, tmp_path, name, options):
     """2N steps == N steps + resume + N steps: same step, same weights, same Adam state."""
     n = 4  # 2N = 8 crosses the epoch boundary at step 5 and resumes mid-epoch
-    whole = tiny_cfg(repo_root, name, mnist_root, tmp_path / "whole", f"train.max_steps={2 * n}")
-    train(whole)
-    first = tiny_cfg(repo_root, name, mnist_root, tmp_path / "split", f"train.max_steps={n}")
-    train(first)
-    second = tiny_cfg(repo_root, name, mnist_root, tmp_path / "split", f"train.max_steps={2 * n}")
-    train(second, resume="auto")
+
+    def run(folder, steps, resume=None):
+        cfg = tiny_cfg(
+            repo_root, name, mnist_root, tmp_path / folder, f"train.max_steps={steps}", *options
+        )
+        train(cfg, resume=resume)
+
+    run("whole", 2 * n)
+    run("split", n)
+    run("split", 2 * n, resume="auto")
 
     state_a, tensors_a = load_checkpoint(find_latest(tmp_path / "whole" / "checkpoints"))
     state_b, tensors_b = load_checkpoint(find_latest(tmp_path / "split" / "checkpoints"))
@@ -246,3 +254,59 @@ def test_ema_is_the_running_average_of_g(repo_root, mnist_root, tmp_path):
         else:
             expected = 0.75 * before[name] + 0.25 * param.numpy()
             np.testing.assert_allclose(ema[name], expected, rtol=1e-5, atol=1e-7)
+
+
+def both_nets(trainer) -> dict:
+    """G's and D's state as numpy arrays, keyed netG.<name> / netD.<name>."""
+    return {
+        f"{net}.{k}": v.numpy()
+        for net in ("netG", "netD")
+        for k, v in getattr(trainer, net).state_dict().items()
+    }
+
+
+def weights_after(cfg) -> dict:
+    trainer = build_trainer(cfg, build_dataset(cfg.data, 32, 1, train=True))
+    trainer.fit()
+    return both_nets(trainer)
+
+
+def test_multi_tensor_adam_gives_the_same_weights(repo_root, mnist_root, tmp_path):
+    steps = "train.max_steps=3"
+    plain = weights_after(tiny_cfg(repo_root, "dcgan_mnist", mnist_root, tmp_path / "a", steps))
+    fused = weights_after(
+        tiny_cfg(repo_root, "dcgan_mnist", mnist_root, tmp_path / "b", steps,
+                 "optimizer.multi_tensor=true")
+    )  # fmt: skip
+    for key in plain:
+        np.testing.assert_allclose(fused[key], plain[key], rtol=1e-5, atol=1e-7, err_msg=key)
+    fused_option = "optimizer.multi_tensor=true"
+    cfg = tiny_cfg(repo_root, "dcgan_mnist", mnist_root, tmp_path / "c", fused_option)
+    trainer = build_trainer(cfg, build_dataset(cfg.data, 32, 1, train=True))
+    assert trainer.optG._use_multi_tensor and trainer.optD._use_multi_tensor  # the option took
+
+
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+def test_amp_on_cpu_is_refused_with_the_reason(repo_root, mnist_root, tmp_path, amp):
+    cfg = tiny_cfg(repo_root, "dcgan_mnist", mnist_root, tmp_path, "train.max_steps=1",
+                   f"train.amp={amp}", "train.device=cpu")  # fmt: skip
+    with pytest.raises(UserError, match=f"train.amp={amp} needs a GPU: on CPU Paddle's auto_cast"):
+        train(cfg)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.filterwarnings("ignore:(amp_guard|AmpScaler) can only be enabled")
+def test_amp_code_path_runs_and_resumes(repo_root, mnist_root, tmp_path):
+    """The AMP step (auto_cast + GradScaler) run on CPU, where Paddle makes both pass-throughs:
+    the wiring must train to the same weights as float32 and save/resume its scaler state."""
+    steps = "train.max_steps=3"
+    plain = weights_after(tiny_cfg(repo_root, "dcgan_mnist", mnist_root, tmp_path / "a", steps))
+    cfg = tiny_cfg(repo_root, "dcgan_mnist", mnist_root, tmp_path / "b", steps, "train.amp=fp16")
+    trainer = build_trainer(cfg, build_dataset(cfg.data, 32, 1, train=True))
+    assert isinstance(trainer.scalerD, paddle.amp.GradScaler)
+    trainer.fit()
+    for key, value in both_nets(trainer).items():
+        np.testing.assert_allclose(value, plain[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    again = build_trainer(cfg, build_dataset(cfg.data, 32, 1, train=True))
+    again.load(tmp_path / "b" / "checkpoints" / "latest")
+    assert again.step == 3
