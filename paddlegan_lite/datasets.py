@@ -567,15 +567,16 @@ def _download(url: str, dest: Path, md5: str | None = None, timeout: float = DOW
         try:
             with open(tmp, "wb") as out:
                 shutil.copyfileobj(response, out, 1 << 20)
-            if md5 is not None and _md5(tmp) != md5:
+            if md5 is not None and file_digest(tmp) != md5:
                 raise OSError(f"checksum mismatch for {url} (a proxy's error page?)")
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
+def file_digest(path: Path, algorithm: str = "md5") -> str:
+    """Hex digest of a file read in 1 MiB blocks (downloads are checked with md5)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)

@@ -39,6 +39,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from paddlegan_lite import checkpoint as ckpt
+from paddlegan_lite.datasets import file_digest
 from paddlegan_lite.errors import UserError
 from paddlegan_lite.logger import log
 
@@ -585,7 +586,7 @@ class InceptionExtractor:
         arrays = read_weight_file(path)
         net = FIDInceptionV3()
         with_logits = load_inception_arrays(net, arrays, path)
-        cache_id = f"inception-{_file_sha256(path)[:16]}"
+        cache_id = f"inception-{file_digest(path, 'sha256')[:16]}"
         return cls(net, cache_id, with_logits)
 
     def describe(self) -> str:
@@ -664,14 +665,6 @@ def load_inception_arrays(net: FIDInceptionV3, arrays: dict, path: Path) -> bool
         )
     net.set_state_dict({k: paddle.to_tensor(v) for k, v in renamed.items()})
     return with_logits
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------- shared helpers
