@@ -14,7 +14,9 @@ EMA generator (train.ema_decay > 0) are scored twice: G's own weights and the EM
 --torch_reference trains the plain pytorch/examples DCGAN (ngf = ndf = 64, logistic loss, real
 label 1, batch 64, Adam 2e-4 / 0.5) on the same 64x64 images in a second process *at the same
 time* as each DCGAN config (one thread each, so both see the same machine load) and stops it
-when paddlegan_lite's run ends: the same wall-clock minutes. Its samples are scored with the
+when paddlegan_lite's run ends: the same wall-clock minutes. Whenever paddlegan_lite saves a
+checkpoint (--evals per run) the reference keeps a copy of its generator, so the two are compared
+at the same minutes along the way too. Its samples are scored with the
 same extractor, in eval mode (running BatchNorm statistics, as ours) and in train mode (batch
 statistics, as pytorch/examples draws them); needs `torch` (bench-only).
 
@@ -38,7 +40,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import paddlegan_lite  # noqa: E402,F401  (sets CPU math flags before Paddle loads)
 from paddlegan_lite.runtime import cpu_model  # noqa: E402
 
-CONFIGS = ("mlp_gan_mnist", "dcgan_mnist", "acgan_mnist", "dcgan_cifar10")
+CONFIGS = ("mlp_gan_mnist", "dcgan_mnist", "acgan_mnist", "dcgan_cifar10", "dcgan_cifar10_32")
 # pytorch/examples dcgan/main.py's defaults, as a bench/torch_reference.py config
 EXAMPLES_DCGAN = {
     "seed": 0,
@@ -100,16 +102,14 @@ def bench_config(name: str, args) -> list[dict]:
     if args.torch_reference and cfg.model.name == "dcgan":
         reference = start_torch_reference(cfg, Path(args.output_dir) / f"{name}_pytorch", args)
     try:
-        start = time.perf_counter()
-        train_run(cfg)
-        seconds = time.perf_counter() - start
+        saved_at = train_run(cfg, reference)
     finally:
         if reference is not None:
             reference.stop()
     rows = []
     for step, weights, report in evaluate_run(Path(cfg.train.output_dir), args):
         row = {"config": name, "generator": f"paddlegan_lite ({weights})", "step": step}
-        rows.append({**row, "train_seconds": seconds, **report})
+        rows.append({**row, "train_seconds": saved_at[step], **report})
     if reference is not None:
         rows += reference.evaluate(cfg, args)
     return rows
@@ -140,10 +140,28 @@ def steps_per_epoch(cfg) -> int:
     return len(dataset) // cfg.train.batch_size
 
 
-def train_run(cfg) -> None:
-    from paddlegan_lite.trainer import train
+def train_run(cfg, reference=None) -> dict:
+    """Train; returns {step: seconds since the start} of every checkpoint. Each save also asks
+    the PyTorch reference (when there is one) for a snapshot at that moment."""
+    from paddlegan_lite.trainer import GANTrainer, train
 
-    train(cfg)
+    saved_at, stock_save = {}, GANTrainer.save
+    start = time.perf_counter()
+
+    def save(trainer):
+        path = stock_save(trainer)
+        if trainer.step not in saved_at:
+            saved_at[trainer.step] = time.perf_counter() - start
+            if reference is not None:
+                reference.snapshot(trainer.step)
+        return path
+
+    GANTrainer.save = save  # the bench's hook: the trainer itself is unchanged
+    try:
+        train(cfg)
+    finally:
+        GANTrainer.save = stock_save
+    return saved_at
 
 
 def evaluate_run(run_dir: Path, args):
@@ -182,37 +200,42 @@ class TorchReference:
     def __init__(self, workdir: Path, process: subprocess.Popen):
         self.workdir, self.process = workdir, process
 
+    def snapshot(self, tag: int) -> None:
+        """Ask for the reference's generator as it is now (it checks after every step)."""
+        (self.workdir / f"snapshot_{tag}").touch()
+
     def stop(self) -> None:
         (self.workdir / "stop").touch()
         if self.process.wait(timeout=1800) != 0:
             raise SystemExit(f"the PyTorch reference failed: see {self.workdir / 'log.txt'}")
 
     def evaluate(self, cfg, args) -> list[dict]:
-        """Score its samples (eval- and train-mode BatchNorm) as paddlegan_lite's."""
+        """Score each snapshot's samples (eval- and train-mode BatchNorm) as paddlegan_lite's."""
         import numpy as np
 
         from paddlegan_lite.evaluation import LoadedModel
 
         info = json.loads((self.workdir / "result.json").read_text(encoding="utf-8"))
         rows = []
-        for mode in ("eval", "train"):
-            images = np.load(self.workdir / f"images_{mode}.npy")
-            model = LoadedModel(
-                served_images(images),
-                EXAMPLES_DCGAN["model"]["nz"],
-                0,
-                tuple(images.shape[1:]),
-                {},
-                {"source": "pytorch/examples DCGAN", "path": str(self.workdir),
-                 "step": info["steps"]},
-            )  # fmt: skip
-            row = {
-                "config": f"pytorch/examples DCGAN ({cfg.model.image_size}px)",
-                "generator": f"PyTorch {info['version']} ({mode} mode)",
-                "step": info["steps"],
-                "train_seconds": info["seconds"],
-            }
-            rows.append({**row, **score(model, cfg.data, args)})
+        for snap in info["snapshots"]:
+            for mode in ("eval", "train"):
+                images = np.load(self.workdir / f"images_{snap['tag']}_{mode}.npy")
+                model = LoadedModel(
+                    served_images(images),
+                    EXAMPLES_DCGAN["model"]["nz"],
+                    0,
+                    tuple(images.shape[1:]),
+                    {},
+                    {"source": "pytorch/examples DCGAN", "path": str(self.workdir),
+                     "step": snap["steps"]},
+                )  # fmt: skip
+                row = {
+                    "config": f"pytorch/examples DCGAN ({cfg.model.image_size}px)",
+                    "generator": f"PyTorch {info['version']} ({mode} mode)",
+                    "step": snap["steps"],
+                    "train_seconds": snap["seconds"],
+                }
+                rows.append({**row, **score(model, cfg.data, args)})
         return rows
 
 
@@ -271,18 +294,31 @@ def run_torch_reference(workdir: Path) -> int:
     data = np.load(workdir / "data.npz")
     dataset = ArrayDataset(data["images"], data["labels"], cfg["model"]["channels"])
     trainer = TorchTrainer(cfg, dataset, workdir)
-    stop_file = workdir / "stop"
+    snapshots, start = [], time.perf_counter()
+
+    def after_step(step: int) -> bool:
+        """Keep G's weights when a snapshot is asked for (a copy: the clock keeps running);
+        True once the stop file is there."""
+        for request in sorted(workdir.glob("snapshot_*")):
+            request.unlink()
+            weights = {k: v.clone() for k, v in trainer.netG.state_dict().items()}
+            seconds = time.perf_counter() - start
+            tag = request.name.split("_")[1]
+            snapshots.append({"tag": tag, "steps": step, "seconds": seconds, "weights": weights})
+        return (workdir / "stop").exists()
+
     (workdir / "training").touch()
-    start = time.perf_counter()
-    trainer.fit(10**9, log_interval=50, stop=stop_file.exists)
-    seconds = time.perf_counter() - start
+    trainer.fit(10**9, log_interval=50, stop=after_step)
+    after_step(trainer.steps_done)  # a request that came with the stop
     z = torch.from_numpy(np.load(workdir / "z.npy"))
-    for mode in ("eval", "train"):
-        trainer.netG.train(mode == "train")
-        with torch.no_grad():
-            images = torch.cat([trainer.netG(part) for part in z.split(250)]).numpy()
-        np.save(workdir / f"images_{mode}.npy", images)
-    result = {"steps": trainer.steps_done, "seconds": seconds, "version": torch.__version__}
+    for snap in snapshots:  # samples drawn after training: drawing them costs it no time
+        trainer.netG.load_state_dict(snap.pop("weights"))
+        for mode in ("eval", "train"):
+            trainer.netG.train(mode == "train")
+            with torch.no_grad():
+                images = torch.cat([trainer.netG(part) for part in z.split(250)]).numpy()
+            np.save(workdir / f"images_{snap['tag']}_{mode}.npy", images)
+    result = {"snapshots": snapshots, "version": torch.__version__}
     (workdir / "result.json").write_text(json.dumps(result), encoding="utf-8")
     return 0
 

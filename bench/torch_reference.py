@@ -311,8 +311,8 @@ class TorchTrainer:
         return loss.detach()
 
     def fit(self, total_steps: int, log_interval: int, stop=None) -> list[dict]:
-        """Train total_steps (or until `stop()` is true, asked after every step); one row per
-        log interval: images, wall and CPU seconds."""
+        """Train total_steps (or until `stop(step)` is true, asked after every step); one row
+        per log interval: images, wall and CPU seconds."""
         t = self.cfg["train"]
         rows, stats, step, epoch = [], [], 0, 0
         jsonl = open(self.run_dir / "metrics.jsonl", "w", encoding="utf-8")
@@ -336,7 +336,7 @@ class TorchTrainer:
                     images = len(stats) * t["batch_size"]
                     rows.append({"images": images, "seconds": now - start, "cpu": cpu_now - cpu})
                     stats, start, cpu = [], now, cpu_now
-                if step >= total_steps or (stop is not None and stop()):
+                if step >= total_steps or (stop is not None and stop(step)):
                     total_steps = step
                     break
             epoch += 1

@@ -7,7 +7,11 @@ import pytest
 
 from paddlegan_lite.config import ConfigError, load_config
 
-CONFIGS = ["mlp_gan_mnist", "dcgan_mnist", "dcgan_cifar10", "acgan_mnist"]
+CONFIGS = ["mlp_gan_mnist", "dcgan_mnist", "dcgan_cifar10", "dcgan_cifar10_32", "acgan_mnist"]
+
+
+def test_every_shipped_config_is_tested(repo_root):
+    assert sorted(p.stem for p in (repo_root / "configs").glob("*.yaml")) == sorted(CONFIGS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -19,6 +19,7 @@ TINY = {
     "mlp_gan_mnist": ["model.hidden=32"],
     "dcgan_mnist": ["model.ngf=8", "model.ndf=8"],
     "dcgan_cifar10": ["model.ngf=8", "model.ndf=8", "model.image_size=32"],
+    "dcgan_cifar10_32": ["model.ngf=8", "model.ndf=8"],
     "acgan_mnist": ["model.ngf=8", "model.ndf=4"],
 }
 
