@@ -225,9 +225,16 @@ class GANTrainer:
         """The generator that samples, eval and export see: the EMA one when kept."""
         return self.netG_ema if self.netG_ema is not None else self.netG
 
+    def ema_decay(self) -> float:
+        """train.ema_decay, warmed up as min(decay, (1 + step) / (10 + step)): a plain 0.999
+        would still give the random initial weights 46% of the average after 780 steps
+        (measured: FID 593 against G's 17 on dcgan_mnist); warmed up, the EMA follows G early
+        and averages over the last ~1 / (1 - decay) steps later."""
+        return min(self.cfg.train.ema_decay, (1 + self.step) / (10 + self.step))
+
     def update_ema(self) -> None:
         """ema = decay * ema + (1 - decay) * G for weights; BatchNorm statistics are copied."""
-        decay = self.cfg.train.ema_decay
+        decay = self.ema_decay()
         with paddle.no_grad():
             for ema_p, p in zip(self.netG_ema.parameters(), self.netG.parameters()):
                 if p.stop_gradient:  # BatchNorm running mean/variance

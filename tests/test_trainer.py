@@ -245,15 +245,23 @@ def test_ema_is_the_running_average_of_g(repo_root, mnist_root, tmp_path):
         "train.ema_decay=0.75",
     )  # fmt: skip
     trainer = build_trainer(cfg, build_dataset(cfg.data, 32, 1))
-    before = {k: v.numpy().copy() for k, v in trainer.netG_ema.state_dict().items()}
-    trainer.fit()
-    ema = {k: v.numpy() for k, v in trainer.netG_ema.state_dict().items()}
-    for name, param in trainer.netG.named_parameters():
-        if param.stop_gradient:  # BatchNorm statistics: copied
-            np.testing.assert_allclose(ema[name], param.numpy(), rtol=1e-6)
-        else:
-            expected = 0.75 * before[name] + 0.25 * param.numpy()
-            np.testing.assert_allclose(ema[name], expected, rtol=1e-5, atol=1e-7)
+
+    def check_update(decay: float) -> None:
+        before = {k: v.numpy().copy() for k, v in trainer.netG_ema.state_dict().items()}
+        trainer.update_ema()
+        ema = {k: v.numpy() for k, v in trainer.netG_ema.state_dict().items()}
+        for name, param in trainer.netG.named_parameters():
+            if param.stop_gradient:  # BatchNorm statistics: copied
+                np.testing.assert_allclose(ema[name], param.numpy(), rtol=1e-6)
+            else:
+                expected = decay * before[name] + (1 - decay) * param.numpy()
+                np.testing.assert_allclose(ema[name], expected, rtol=1e-5, atol=1e-7)
+
+    trainer.fit()  # one step: G moved, the EMA took its warm-up weight
+    trainer.step = 0
+    check_update(0.1)  # the first update: (1 + 0) / (10 + 0), mostly G
+    trainer.step = 1000
+    check_update(0.75)  # later the configured decay
 
 
 def both_nets(trainer) -> dict:
