@@ -23,6 +23,12 @@ sys.path.insert(0, str(REPO_ROOT))
 
 # operator-name fragment -> row of the table; first match wins (order matters)
 PADDLE_KINDS = (
+    # paddlegan_lite/onednn.py's convolutions: events named by record_onednn_steps; Paddle ops
+    # they call (buffers, D's first-layer input gradient) keep their own rows
+    ("onednn deconvolution forward", "transposed conv forward (oneDNN)"),
+    ("onednn deconvolution", "transposed conv backward (oneDNN)"),
+    ("onednn convolution forward", "conv forward (oneDNN)"),
+    ("onednn convolution", "conv backward (oneDNN)"),
     ("Conv2dTransposeGrad", "transposed conv backward"),
     ("conv2d_transpose", "transposed conv forward"),
     ("Conv2dGrad", "conv backward"),
@@ -101,6 +107,7 @@ def profile_paddle(cfg, steps: int, tmp: Path):
 
     from paddlegan_lite.trainer import build_trainer
 
+    record_onednn_steps(profiler)
     trainer = build_trainer(cfg, dataset=None)
     real, labels = fixed_batch(cfg)
     real, labels = paddle.to_tensor(real), paddle.to_tensor(labels)
@@ -122,10 +129,32 @@ def profile_paddle(cfg, steps: int, tmp: Path):
     return split_paddle_trace(trace, steps)
 
 
+def record_onednn_steps(profiler):
+    """Wrap each oneDNN plan step in a profiler event "onednn <op> <step>": oneDNN runs through
+    ctypes, outside Paddle's operators, so the trace would otherwise count it as Python."""
+    from paddlegan_lite import onednn
+
+    for step in ("forward", "input_grad", "weight_grad"):
+        run = getattr(onednn._ConvPlan, step)
+
+        def recorded(plan, *args, _run=run, _step=step):
+            with profiler.RecordEvent(f"onednn {plan.op} {_step}"):
+                return _run(plan, *args)
+
+        setattr(onednn._ConvPlan, step, recorded)
+
+
+def is_timed_span(event: dict) -> bool:
+    """Paddle operators, and the oneDNN steps record_onednn_steps names."""
+    if event.get("ph") != "X":
+        return False
+    return event.get("cat") == "Operator" or event.get("name", "").startswith("onednn ")
+
+
 def split_paddle_trace(path: Path, steps: int):
     events = json.loads(path.read_text())
     events = events["traceEvents"] if isinstance(events, dict) else events
-    spans = [e for e in events if e.get("ph") == "X" and e.get("cat") == "Operator"]
+    spans = [e for e in events if is_timed_span(e)]
     step_us = sum(e["dur"] for e in events if e.get("cat") == "ProfileStep")
     per_kind = defaultdict(float)
     for event, self_us in self_times(spans):
@@ -140,7 +169,9 @@ def self_times(spans):
     """(event, its duration minus the operators nested inside it) per thread."""
     by_thread = defaultdict(list)
     for e in spans:
-        by_thread[e["tid"]].append(e)
+        # one OS thread has two trace rows, "1234(C++)" for operators and "1234(Python)" for
+        # RecordEvents such as the oneDNN steps: nest them together
+        by_thread[str(e["tid"]).split("(")[0]].append(e)
     for events in by_thread.values():
         events.sort(key=lambda e: (e["ts"], -e["dur"]))
         stack, child = [], defaultdict(float)

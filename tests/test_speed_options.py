@@ -1,5 +1,6 @@
-"""Speed options: the faster layer formulations compute what the stock Paddle layers compute
-(outputs and gradients), the models keep their checkpoint keys, and the CPU set-up is safe."""
+"""Speed options: the faster layer formulations and the oneDNN convolutions compute what the stock
+Paddle layers compute (outputs and gradients), fall back to them outside their cases, the models
+keep their checkpoint keys, and the CPU set-up is safe."""
 
 import os
 import subprocess
@@ -11,12 +12,13 @@ import paddle.nn.functional as F
 import pytest
 from conftest import tool_env
 from paddle import nn
+from paddle.static import InputSpec
 
-from paddlegan_lite import runtime
+from paddlegan_lite import onednn, runtime
 from paddlegan_lite.errors import UserError
 from paddlegan_lite.models.acgan import ACGANDiscriminator, ACGANGenerator
-from paddlegan_lite.models.dcgan import DCGANDiscriminator
-from paddlegan_lite.models.layers import FastConv2D, UpsampleConv2D
+from paddlegan_lite.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from paddlegan_lite.models.layers import FastConv2D, FastConv2DTranspose, UpsampleConv2D
 
 
 def assert_close(actual, expected, rtol=1e-4):
@@ -121,9 +123,247 @@ def test_upsample_conv_keeps_conv2d_parameters():
     assert isinstance(fused, nn.Conv2D)  # init_weights and export treat it as a conv
 
 
+# ---------------------------------------------------------------------------------- oneDNN
+needs_onednn = pytest.mark.skipif(not onednn.enabled(), reason="no usable oneDNN in this Paddle")
+
+
+@pytest.fixture
+def onednn_runs(monkeypatch):
+    """Names of the oneDNN plan steps that run (a fast path must not pass by silently falling
+    back to the stock op it is compared with)."""
+    runs = []
+    for step in ("forward", "input_grad", "weight_grad"):
+        real = getattr(onednn._ConvPlan, step)
+
+        def spy(self, *args, _real=real, _step=step):
+            runs.append(_step)
+            return _real(self, *args)
+
+        monkeypatch.setattr(onednn._ConvPlan, step, spy)
+    return runs
+
+
+def conv_pair(transposed, ci, co, k, stride, padding, bias, **kwargs):
+    """(stock layer, fast layer) with the same parameters; a random bias (Paddle starts at 0)."""
+    stock_cls, fast_cls = (
+        (nn.Conv2DTranspose, FastConv2DTranspose) if transposed else (nn.Conv2D, FastConv2D)
+    )
+    bias_attr = None if bias else False
+    stock = stock_cls(ci, co, k, stride, padding, bias_attr=bias_attr, **kwargs)
+    fast = fast_cls(ci, co, k, stride, padding, bias_attr=bias_attr, **kwargs)
+    if bias:
+        stock.bias.set_value(paddle.randn(stock.bias.shape))
+    fast.set_state_dict(stock.state_dict())
+    return stock, fast
+
+
+ONEDNN_SHAPES = [  # transposed, ci, co, k, stride, padding, side
+    (False, 1, 16, 4, 2, 1, 16),  # DCGAN D's first layer (its input gradient is Paddle's)
+    (False, 3, 16, 4, 2, 1, 8),
+    (False, 16, 32, 4, 2, 1, 8),  # DCGAN D
+    (False, 1, 16, 3, 2, 1, 9),  # AC-GAN D: odd sides
+    (False, 16, 32, 3, 2, 1, 7),
+    (False, 32, 24, 3, 1, 1, 4),  # stride 1
+    (True, 20, 32, 4, 1, 0, 1),  # DCGAN G's first layer: z as a 1x1 map
+    (True, 32, 16, 4, 2, 1, 4),  # DCGAN G
+    (True, 16, 24, 4, 2, 1, 7),  # AC-GAN's UpsampleConv2D geometry
+]
+
+
+@needs_onednn
+@pytest.mark.parametrize("x_grad", [True, False], ids=["x_grad", "x_stop_gradient"])
+@pytest.mark.parametrize("bias", [False, True], ids=["no_bias", "bias"])
+@pytest.mark.parametrize("transposed, ci, co, k, stride, padding, side", ONEDNN_SHAPES)
+def test_onednn_layers_match_stock(
+    onednn_runs, transposed, ci, co, k, stride, padding, side, bias, x_grad
+):
+    paddle.seed(13)
+    stock, fast = conv_pair(transposed, ci, co, k, stride, padding, bias)
+    x = leaf([5, ci, side, side], seed=14)
+    x.stop_gradient = not x_grad
+    want = outputs_and_grads(stock, [x], stock.parameters())
+    got = outputs_and_grads(fast, [x], fast.parameters())
+    assert onednn_runs == ["forward", *(["input_grad"] if x_grad else []), "weight_grad"]
+    assert len(got[1]) == len(want[1]) == (2 if x_grad else 1) + bias
+    for a, b in zip(got[0] + got[1], want[0] + want[1]):
+        assert a.shape == b.shape
+        assert_close(a, b)
+
+
+@needs_onednn
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv", "transposed"])
+def test_onednn_frozen_layer_computes_the_input_gradient_only(onednn_runs, transposed):
+    """The G step through a frozen D: no weight gradient is made, the input's is the stock one."""
+    paddle.seed(15)
+    stock, fast = conv_pair(transposed, 16, 32, 4, 2, 1, bias=True)
+    for p in stock.parameters() + fast.parameters():
+        p.stop_gradient = True
+    x = leaf([3, 16, 6, 6], seed=16)
+    want = outputs_and_grads(stock, [x], [])
+    got = outputs_and_grads(fast, [x], [])
+    assert onednn_runs == ["forward", "input_grad"]
+    for a, b in zip(got[0] + got[1], want[0] + want[1]):
+        assert_close(a, b)
+
+
+@needs_onednn
+def test_onednn_without_gradients_and_under_no_grad(onednn_runs):
+    """Inference (no_grad, or nothing that wants a gradient): the same output, no autograd node."""
+    paddle.seed(17)
+    stock, fast = conv_pair(True, 16, 24, 4, 2, 1, bias=True)
+    x = paddle.randn([2, 16, 5, 5])
+    with paddle.no_grad():
+        y = fast(x)
+    assert_close(y.numpy(), stock(x).numpy())
+    for p in fast.parameters():
+        p.stop_gradient = True
+    y = fast(x)
+    assert y.stop_gradient
+    assert_close(y.numpy(), stock(x).numpy())
+    assert onednn_runs == ["forward", "forward"]
+
+
+@needs_onednn
+def test_upsample_conv_runs_on_onednn(onednn_runs):
+    """UpsampleConv2D's transposed conv takes the oneDNN path (with a strided-view kernel)."""
+    paddle.seed(18)
+    stock_conv = nn.Conv2D(16, 16, 3, padding=1)
+    fused = UpsampleConv2D(16, 16, 3, padding=1)
+    fused.set_state_dict(stock_conv.state_dict())
+    x = leaf([2, 16, 5, 5], seed=19)
+    want = outputs_and_grads(
+        lambda x: stock_conv(F.interpolate(x, scale_factor=2, mode="nearest")),
+        [x],
+        stock_conv.parameters(),
+    )
+    got = outputs_and_grads(fused, [x], fused.parameters())
+    assert onednn_runs == ["forward", "input_grad", "weight_grad"]
+    for a, b in zip(got[0] + got[1], want[0] + want[1]):
+        assert_close(a, b)
+
+
+STOCK_CASES = {  # layers the oneDNN path must leave to Paddle (transposed, ci, co, kwargs)
+    "switched_off": (False, 16, 16, {}),  # with PADDLEGAN_LITE_ONEDNN=0
+    "transposed_switched_off": (True, 16, 16, {}),
+    "groups": (False, 16, 16, {"groups": 2}),
+    "dilation": (False, 16, 16, {"dilation": 2}),
+    "same_padding": (False, 16, 16, {"padding": "SAME"}),
+    "nhwc": (False, 16, 16, {"data_format": "NHWC"}),
+    "output_padding": (True, 16, 16, {"output_padding": 1}),
+    "transposed_groups": (True, 16, 16, {"groups": 2}),
+    "few_output_channels": (True, 16, 3, {}),  # G's last layer: Paddle is faster
+}
+
+
+@pytest.mark.parametrize("case", list(STOCK_CASES))
+def test_onednn_falls_back_to_the_stock_layer(onednn_runs, monkeypatch, case):
+    transposed, ci, co, kwargs = STOCK_CASES[case]
+    if case.endswith("switched_off"):
+        monkeypatch.setenv(onednn.ENV_SWITCH, "0")
+    paddle.seed(20)
+    kwargs = {"padding": 1, **kwargs}
+    stock, fast = conv_pair(transposed, ci, co, 4, 2, kwargs.pop("padding"), True, **kwargs)
+    shape = [2, 6, 6, ci] if kwargs.get("data_format") == "NHWC" else [2, ci, 6, 6]
+    x = leaf(shape, seed=21)
+    want = outputs_and_grads(stock, [x], stock.parameters())
+    got = outputs_and_grads(fast, [x], fast.parameters())
+    assert onednn_runs == []
+    for a, b in zip(got[0] + got[1], want[0] + want[1]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_onednn_leaves_float64_and_output_size_to_paddle(onednn_runs):
+    paddle.seed(22)
+    stock, fast = conv_pair(True, 16, 16, 4, 2, 1, True)
+    x = paddle.randn([2, 16, 5, 5])
+    want = stock(x, output_size=[11, 11])
+    np.testing.assert_array_equal(fast(x, output_size=[11, 11]).numpy(), want.numpy())
+    stock, fast = conv_pair(False, 16, 16, 4, 2, 1, True)
+    stock.to(dtype="float64")
+    fast.to(dtype="float64")
+    x = x.astype("float64")
+    np.testing.assert_array_equal(fast(x).numpy(), stock(x).numpy())
+    assert onednn_runs == []
+
+
+@pytest.fixture
+def fresh_library(monkeypatch):
+    """onednn's library state as at start-up, restored afterwards; its log line captured."""
+    monkeypatch.setattr(onednn, "_library", None)
+    monkeypatch.setattr(onednn, "_library_failed", False)
+    monkeypatch.setattr(onednn, "_warned", False)
+    monkeypatch.setattr(onednn.log, "propagate", True)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("fault", ["missing_file", "other_enum_values"])
+def test_unusable_library_falls_back_with_one_log_line(fresh_library, caplog, onednn_runs, fault):
+    if fault == "missing_file":
+        fresh_library.setattr(onednn, "LIBRARY_FILE", "libdnnl_not_here.so.3")
+    else:  # a oneDNN whose numbering differs from the values this module passes
+        fresh_library.setitem(onednn.ENUM_NAMES, "dnnl_fmt_tag2str", {onednn.TAG_ABCD: b"nchw"})
+    paddle.seed(23)
+    stock, fast = conv_pair(False, 16, 16, 4, 2, 1, True)
+    x = leaf([2, 16, 6, 6], seed=24)
+    with caplog.at_level("WARNING", logger="paddlegan_lite"):
+        for _ in range(2):
+            np.testing.assert_array_equal(fast(x).numpy(), stock(x).numpy())
+        assert not onednn.enabled()
+    assert onednn_runs == []
+    assert len(caplog.records) == 1
+    assert "oneDNN convolutions unavailable" in caplog.text and "Paddle's own" in caplog.text
+
+
+@needs_onednn
+def test_a_geometry_onednn_refuses_runs_stock(fresh_library, caplog):
+    def refuse(self, lib, key):
+        raise onednn.OnednnError("dnnl_convolution_forward_primitive_desc_create: unimplemented")
+
+    fresh_library.setattr(onednn._ConvPlan, "__init__", refuse)
+    onednn._plan.cache_clear()
+    try:
+        paddle.seed(25)
+        stock, fast = conv_pair(False, 16, 16, 4, 2, 1, True)
+        x = leaf([2, 16, 6, 6], seed=26)
+        with caplog.at_level("WARNING", logger="paddlegan_lite"):
+            want = outputs_and_grads(stock, [x], stock.parameters())
+            got = outputs_and_grads(fast, [x], fast.parameters())
+            fast(x)
+    finally:
+        onednn._plan.cache_clear()  # the refusal is cached: keep it out of other tests
+    for a, b in zip(got[0] + got[1], want[0] + want[1]):
+        assert_close(a, b)
+    assert len(caplog.records) == 1 and "unimplemented" in caplog.text
+
+
+@needs_onednn
+@pytest.mark.parametrize("full_graph", [True, False], ids=["ast", "sot"])
+def test_traced_graphs_hold_only_stock_convolutions(onednn_runs, tmp_path, full_graph):
+    """paddle.jit (export) traces the stock ops: the saved model needs nothing of this module."""
+    paddle.seed(27)
+    netG = DCGANGenerator(nz=8, ngf=16, channels=1, image_size=16)
+    netG.eval()
+    z = paddle.randn([3, 8])
+    dynamic = netG(z).numpy()
+    assert onednn_runs == ["forward", "forward"]  # the last layer (1 channel) is Paddle's
+    spec = [InputSpec([None, 8], "float32")]
+    static = paddle.jit.to_static(netG, spec if full_graph else None, full_graph=full_graph)
+    assert_close(static(z).numpy(), dynamic)
+    if full_graph:  # as export.py saves it
+        paddle.jit.save(static, str(tmp_path / "netG"), input_spec=spec)
+        assert_close(paddle.jit.load(str(tmp_path / "netG"))(z).numpy(), dynamic)
+    assert onednn_runs == ["forward", "forward"]
+
+
 # ---------------------------------------------------------------------------------- models
 # state_dict keys and shapes of the models as they were before the faster layers (tiny widths)
 KEYS_BEFORE = {
+    "DCGANGenerator": {
+        "main.0.weight": (8, 8, 4, 4), "main.1.weight": (8,), "main.1.bias": (8,),
+        "main.1._mean": (8,), "main.1._variance": (8,), "main.3.weight": (8, 4, 4, 4),
+        "main.4.weight": (4,), "main.4.bias": (4,), "main.4._mean": (4,), "main.4._variance": (4,),
+        "main.6.weight": (4, 1, 4, 4),
+    },
     "DCGANDiscriminator": {
         "main.0.weight": (4, 1, 4, 4), "main.2.weight": (8, 4, 4, 4), "main.3.weight": (8,),
         "main.3.bias": (8,), "main.3._mean": (8,), "main.3._variance": (8,),
@@ -153,7 +393,12 @@ KEYS_BEFORE = {
 
 @pytest.mark.parametrize(
     "net",
-    [DCGANDiscriminator(4, 1, 16), ACGANGenerator(8, 4, 1, 8, 3), ACGANDiscriminator(2, 1, 8, 3)],
+    [
+        DCGANGenerator(8, 4, 1, 16),
+        DCGANDiscriminator(4, 1, 16),
+        ACGANGenerator(8, 4, 1, 8, 3),
+        ACGANDiscriminator(2, 1, 8, 3),
+    ],
     ids=lambda net: type(net).__name__,
 )
 def test_models_keep_their_checkpoint_keys(net):
@@ -163,12 +408,14 @@ def test_models_keep_their_checkpoint_keys(net):
 
 def stock_run(layers, x):
     """Run a Sequential as the stock layers would: Upsample where the Identity keeps its slot,
-    nn.Conv2D's own forward on every (faster) conv's parameters."""
+    nn.Conv2D's or nn.Conv2DTranspose's own forward on every (faster) conv's parameters."""
     for layer in layers:
         if isinstance(layer, nn.Identity):
             x = F.interpolate(x, scale_factor=2, mode="nearest")
         elif isinstance(layer, nn.Conv2D):
             x = nn.Conv2D.forward(layer, x)
+        elif isinstance(layer, nn.Conv2DTranspose):
+            x = nn.Conv2DTranspose.forward(layer, x)
         else:
             x = layer(x)
     return x
@@ -186,6 +433,22 @@ def test_acgan_generator_matches_stock_layers():
     want = outputs_and_grads(lambda z: stock(z, labels), [z], netG.parameters())
     got = outputs_and_grads(lambda z: netG(z, labels), [z], netG.parameters())
     assert got[0][0].shape == (6, 1, 28, 28)
+    for a, b in zip(got[0] + got[1], want[0] + want[1]):
+        assert_close(a, b)
+
+
+@pytest.mark.parametrize("channels, image_size", [(1, 32), (3, 16)])
+def test_dcgan_generator_matches_stock_layers(channels, image_size):
+    paddle.seed(28)
+    netG = DCGANGenerator(nz=12, ngf=16, channels=channels, image_size=image_size)
+    z = leaf([5, 12], seed=29)
+
+    def stock(z):
+        return stock_run(netG.main, z.reshape([-1, 12, 1, 1]))
+
+    want = outputs_and_grads(stock, [z], netG.parameters())
+    got = outputs_and_grads(netG, [z], netG.parameters())
+    assert got[0][0].shape == (5, channels, image_size, image_size)
     for a, b in zip(got[0] + got[1], want[0] + want[1]):
         assert_close(a, b)
 

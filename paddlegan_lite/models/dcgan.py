@@ -10,7 +10,7 @@ import math
 
 from paddle import nn
 
-from paddlegan_lite.models.layers import FastConv2D
+from paddlegan_lite.models.layers import FastConv2D, FastConv2DTranspose
 
 
 def num_doublings(image_size: int) -> int:
@@ -34,19 +34,19 @@ class DCGANGenerator(nn.Layer):
         width = ngf * 2 ** (n - 1)
         layers = [
             # input is z as a 1x1 map, going into a 4x4 transposed convolution
-            nn.Conv2DTranspose(nz, width, 4, 1, 0, bias_attr=False),
+            FastConv2DTranspose(nz, width, 4, 1, 0, bias_attr=False),
             nn.BatchNorm2D(width),
             nn.ReLU(),
         ]  # state size. (ngf * 2^(n-1)) x 4 x 4
         for _ in range(n - 1):
             layers += [
-                nn.Conv2DTranspose(width, width // 2, 4, 2, 1, bias_attr=False),
+                FastConv2DTranspose(width, width // 2, 4, 2, 1, bias_attr=False),
                 nn.BatchNorm2D(width // 2),
                 nn.ReLU(),
             ]  # each: channels halve, side doubles
             width //= 2
         # state size. ngf x (image_size / 2) x (image_size / 2)
-        layers += [nn.Conv2DTranspose(width, channels, 4, 2, 1, bias_attr=False), nn.Tanh()]
+        layers += [FastConv2DTranspose(width, channels, 4, 2, 1, bias_attr=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)
 
     def forward(self, z):
@@ -60,11 +60,11 @@ class DCGANDiscriminator(nn.Layer):
         super().__init__()
         n = num_doublings(image_size)
         # input is (channels) x image_size x image_size; no BatchNorm on the first layer (paper)
-        layers = [nn.Conv2D(channels, ndf, 4, 2, 1, bias_attr=False), nn.LeakyReLU(0.2)]
+        layers = [FastConv2D(channels, ndf, 4, 2, 1, bias_attr=False), nn.LeakyReLU(0.2)]
         width = ndf
         for _ in range(n - 1):
             layers += [
-                nn.Conv2D(width, width * 2, 4, 2, 1, bias_attr=False),
+                FastConv2D(width, width * 2, 4, 2, 1, bias_attr=False),
                 nn.BatchNorm2D(width * 2),
                 nn.LeakyReLU(0.2),
             ]  # each: channels double, side halves

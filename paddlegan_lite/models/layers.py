@@ -3,6 +3,8 @@
 Each subclasses the Paddle layer it replaces: same constructor, same parameters and state_dict
 keys, same math (tests/test_speed_options.py checks outputs and gradients against the stock
 layer); only the kernels Paddle runs differ. Anything outside the fast cases runs the stock code.
+On CPU the convolutions run on oneDNN where paddlegan_lite/onednn.py supports them; traced and
+static graphs (export) always get the stock ops.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
+
+from paddlegan_lite import onednn
 
 
 def _stock_options(layer) -> bool:
@@ -22,6 +26,22 @@ def _stock_options(layer) -> bool:
     )
 
 
+def _padding_pair(padding):
+    """(pad_h, pad_w) for an int or [pad_h, pad_w] padding; None for the other forms ("SAME",
+    per-side lists), which the oneDNN path leaves to Paddle."""
+    if isinstance(padding, int):
+        return (padding, padding)
+    if isinstance(padding, (list, tuple)) and len(padding) == 2:
+        if all(isinstance(p, int) for p in padding):
+            return tuple(padding)
+    return None
+
+
+def _use_onednn(layer, x, weight) -> bool:
+    """Whether `layer`'s conv of x with `weight` may run on oneDNN (onednn.supported says when)."""
+    return _padding_pair(layer._padding) is not None and onednn.supported(x, weight)
+
+
 def _add_bias(y, bias):
     # Paddle's conv adds its bias as [1, C, 1, 1], a slow broadcast on CPU; [C, 1, 1] is the same
     # sum through a fast path (measured: add + its gradient 46 -> 5 ms at [128, 128, 14, 14])
@@ -30,8 +50,8 @@ def _add_bias(y, bias):
 
 class FastConv2D(nn.Conv2D):
     """nn.Conv2D. A kernel that covers its whole unpadded input (DCGAN's last D layer: 4x4 -> 1x1)
-    is one matmul over the batch instead of a per-sample im2col + GEMM; the bias is added as
-    [C, 1, 1]."""
+    is one matmul over the batch instead of a per-sample im2col + GEMM; other float32 convs on
+    CPU run on oneDNN; elsewhere the bias is added as [C, 1, 1]."""
 
     def forward(self, x):
         if not _stock_options(self):
@@ -40,8 +60,27 @@ class FastConv2D(nn.Conv2D):
             # [N, Ci*kh*kw] @ [Co, Ci*kh*kw]^T: the conv's single output pixel per sample
             flat = paddle.matmul(x.flatten(1), self.weight.flatten(1), transpose_y=True)
             return _add_bias(flat.reshape([-1, self._out_channels, 1, 1]), self.bias)
+        if _use_onednn(self, x, self.weight):
+            padding = _padding_pair(self._padding)
+            return onednn.conv2d(x, self.weight, self.bias, self._stride, padding)
         y = F.conv2d(x, self.weight, None, self._stride, self._padding, self._dilation)
         return _add_bias(y, self.bias)
+
+
+class FastConv2DTranspose(nn.Conv2DTranspose):
+    """nn.Conv2DTranspose; float32 on CPU runs on oneDNN (DCGAN's generator layers)."""
+
+    def forward(self, x, output_size=None):
+        fast = (
+            output_size is None
+            and _padding_pair(self.output_padding) == (0, 0)
+            and _stock_options(self)
+            and _use_onednn(self, x, self.weight)
+        )
+        if not fast:
+            return super().forward(x, output_size)
+        padding = _padding_pair(self._padding)
+        return onednn.conv2d_transpose(x, self.weight, self.bias, self._stride, padding)
 
 
 # Row k: which rows of a 3x3 kernel, run on a 2x nearest-upsampled map, read the input row that a
@@ -73,8 +112,11 @@ class UpsampleConv2D(nn.Conv2D):
         # [4, 3] @ [Co, Ci, 3, 3] @ [3, 4] -> [Co, Ci, 4, 4], then the transposed-conv layout
         fold = self.fold.astype(self.weight.dtype)  # float16 weights after AMP O2 decorate
         kernel = paddle.matmul(paddle.matmul(fold, self.weight), fold, transpose_y=True)
-        y = F.conv2d_transpose(x, kernel.transpose([1, 0, 2, 3]), stride=2, padding=1)
+        kernel = kernel.transpose([1, 0, 2, 3])
+        if onednn.supported(x, kernel):
+            return onednn.conv2d_transpose(x, kernel, self.bias, (2, 2), (1, 1))
+        y = F.conv2d_transpose(x, kernel, stride=2, padding=1)
         return _add_bias(y, self.bias)
 
 
-__all__ = ["FastConv2D", "UpsampleConv2D"]
+__all__ = ["FastConv2D", "FastConv2DTranspose", "UpsampleConv2D"]
