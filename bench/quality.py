@@ -181,14 +181,14 @@ def evaluate_run(run_dir: Path, args):
 
 def score(model, data_cfg, args) -> dict:
     from paddlegan_lite import evaluation
+    from paddlegan_lite.config import EvalConfig
 
-    report = evaluation.run_eval(
-        model,
-        data_cfg,
+    options = EvalConfig(
         extractor=args.extractor,
         num_samples=args.num_samples,
-        inception_weights=args.inception_weights,
+        inception_weights=args.inception_weights or "",
     )
+    report = evaluation.run_eval(model, data_cfg, options)
     print(evaluation.format_report(report), flush=True)
     return report
 

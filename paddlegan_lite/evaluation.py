@@ -18,6 +18,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from paddlegan_lite.config import EvalConfig
 from paddlegan_lite.errors import UserError
 from paddlegan_lite.extractors import (
     CLASSIFIER_STEPS,
@@ -359,35 +360,33 @@ def build_evaluator(
     image_size: int,
     channels: int,
     nz: int,
-    num_classes: int = 0,
-    extractor: str = "classifier",
-    num_samples: int = DEFAULT_NUM_SAMPLES,
-    batch_size: int = 250,
-    seed: int = 0,
-    inception_weights: str | None = None,
-    classifier_steps: int = CLASSIFIER_STEPS,
-    cache_dir=None,
+    num_classes: int,
+    options: EvalConfig,
     train_dataset=None,
 ) -> Evaluator:
-    """Everything evaluation needs from a config's data section and the model's sizes.
+    """Everything evaluation needs from a config's data section, the model's sizes and the eval
+    options (extractor, num_samples, batch_size, seed, inception_weights, classifier_steps,
+    cache_dir; `interval` is the trainer's business).
 
     Pass the run's `train_dataset` to reuse it; the test split is loaded here (the held-out
     images must be the same in training and in tools/eval.py, so numbers agree).
     """
     from paddlegan_lite.datasets import build_dataset
 
-    if extractor not in EXTRACTORS:
-        raise UserError(f"unknown extractor {extractor!r} (valid: {', '.join(EXTRACTORS)})")
+    o = options
+    if o.extractor not in EXTRACTORS:
+        raise UserError(f"unknown extractor {o.extractor!r} (valid: {', '.join(EXTRACTORS)})")
     if train_dataset is None:
         train_dataset = build_dataset(data_cfg, image_size, channels, train=True)
     real = split_real_data(
         train_dataset, _test_split(data_cfg, image_size, channels, train_dataset.source)
     )
+    cache_dir = o.cache_dir or None  # "" in a config: the default cache
     feature_extractor = build_extractor(
-        extractor, real, data_cfg.name, inception_weights, cache_dir, classifier_steps
+        o.extractor, real, data_cfg.name, o.inception_weights or None, cache_dir, o.classifier_steps
     )
     return Evaluator(
-        real, feature_extractor, nz, num_classes, num_samples, batch_size, seed, cache_dir
+        real, feature_extractor, nz, num_classes, o.num_samples, o.batch_size, o.seed, cache_dir
     )
 
 
@@ -463,36 +462,13 @@ def load_model_dir(model_dir, device: str = "cpu", batch_size: int = 250) -> Loa
     )
 
 
-def run_eval(
-    model: LoadedModel,
-    data_cfg,
-    extractor: str = "classifier",
-    num_samples: int = DEFAULT_NUM_SAMPLES,
-    batch_size: int = 250,
-    seed: int = 0,
-    inception_weights: str | None = None,
-    classifier_steps: int = CLASSIFIER_STEPS,
-    cache_dir=None,
-) -> dict:
+def run_eval(model: LoadedModel, data_cfg, options: EvalConfig) -> dict:
     """Evaluate `model` on the data of `data_cfg` and the real floor: the tool's report dict."""
     start = time.perf_counter()
     channels, size, width = model.image_shape
     if size != width:
         raise UserError(f"the model makes {size}x{width} images; only square images are supported")
-    evaluator = build_evaluator(
-        data_cfg,
-        size,
-        channels,
-        model.nz,
-        model.num_classes,
-        extractor=extractor,
-        num_samples=num_samples,
-        batch_size=batch_size,
-        seed=seed,
-        inception_weights=inception_weights,
-        classifier_steps=classifier_steps,
-        cache_dir=cache_dir,
-    )
+    evaluator = build_evaluator(data_cfg, size, channels, model.nz, model.num_classes, options)
     if model.num_classes and model.num_classes != evaluator.real.train.num_classes:
         raise UserError(
             f"the model has {model.num_classes} classes but the data has "
@@ -518,8 +494,8 @@ def run_eval(
             "description": ex.describe(),
             **({"test_accuracy": ex.test_accuracy} if ex.kind == "classifier" else {}),
         },
-        "num_samples": num_samples,
-        "seed": seed,
+        "num_samples": options.num_samples,
+        "seed": options.seed,
         "generated": generated,
         "floor": floor,
         "seconds": round(time.perf_counter() - start, 1),

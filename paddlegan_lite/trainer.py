@@ -349,12 +349,8 @@ class GANTrainer:
         e, m = self.cfg.eval, self.cfg.model
         log.info(f"eval: {e.extractor} features, {e.num_samples} samples every {e.interval} steps")
         return build_evaluator(
-            self.cfg.data, m.image_size, m.channels, m.nz, m.num_classes,
-            extractor=e.extractor, num_samples=e.num_samples, batch_size=e.batch_size,
-            seed=e.seed, inception_weights=e.inception_weights or None,
-            classifier_steps=e.classifier_steps, cache_dir=e.cache_dir or None,
-            train_dataset=self.dataset,
-        )  # fmt: skip
+            self.cfg.data, m.image_size, m.channels, m.nz, m.num_classes, e, self.dataset
+        )
 
     def evaluate(self, logger: RunLogger) -> dict:
         """FID/KID/... of the sample generator; a new lowest FID saves and points `best` at it."""

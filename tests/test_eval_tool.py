@@ -14,7 +14,7 @@ from conftest import tool_env
 from data_files import write_mnist_idx
 
 from paddlegan_lite import evaluation
-from paddlegan_lite.config import DataConfig
+from paddlegan_lite.config import DataConfig, EvalConfig
 from paddlegan_lite.datasets import build_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -189,9 +189,8 @@ def test_without_a_test_split_training_images_are_held_out(run):
 def test_a_generator_of_heldout_images_scores_the_floor_and_noise_does_not(run, monkeypatch):
     monkeypatch.setenv("PADDLEGAN_LITE_CACHE", str(run["cache"]))
     data_cfg = DataConfig(root=str(run["root"] / "mnist"), download=False)
-    evaluator = evaluation.build_evaluator(
-        data_cfg, 28, 1, nz=4, num_samples=60, batch_size=25, classifier_steps=CLASSIFIER_STEPS
-    )
+    options = EvalConfig(num_samples=60, batch_size=25, classifier_steps=CLASSIFIER_STEPS)
+    evaluator = evaluation.build_evaluator(data_cfg, 28, 1, 4, 0, options)
     real = evaluator.real
     served = []
 

@@ -51,7 +51,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from paddlegan_lite import evaluation
-    from paddlegan_lite.config import config_from_dict, load_config
+    from paddlegan_lite.config import EvalConfig, config_from_dict, load_config
     from paddlegan_lite.extractors import CLASSIFIER_STEPS
 
     if args.num_samples < evaluation.MIN_SAMPLES or args.batch_size < 1:
@@ -71,17 +71,16 @@ def main() -> int:
         data_cfg = config_from_dict(model.config, source=model.info["path"]).data
     else:
         raise UserError(f"{model.info['path']} holds no config: name the data with --data")
-    report = evaluation.run_eval(
-        model,
-        data_cfg,
+    options = EvalConfig(
         extractor=args.extractor,
         num_samples=args.num_samples,
         batch_size=args.batch_size,
         seed=args.seed,
-        inception_weights=args.inception_weights,
+        inception_weights=args.inception_weights or "",
         classifier_steps=args.classifier_steps or CLASSIFIER_STEPS,
-        cache_dir=args.cache_dir,
+        cache_dir=args.cache_dir or "",
     )
+    report = evaluation.run_eval(model, data_cfg, options)
     print(evaluation.format_report(report))
     output = Path(args.output) if args.output else default_output(model.info)
     print(f"report: {evaluation.write_report(report, output)}")
