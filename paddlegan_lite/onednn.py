@@ -4,7 +4,9 @@ Paddle 3.3's dynamic-graph CPU convolution runs im2col (or col2im) plus one GEMM
 oneDNN's direct convolutions over the whole batch, which PyTorch runs, take 0.5-1.0x its time on
 DCGAN's layers (forward and backward: 0.6-0.85x).
 `conv2d` and `conv2d_transpose` compute Paddle's functions (same layouts, float32) with them, as
-a PyLayer. `supported` says when they apply; everywhere else callers run the stock Paddle op.
+a PyLayer that also serves `paddle.grad` for some of its inputs and, through Paddle's stock ops,
+`create_graph=True` (R1 and gradient penalties). `supported` says when they apply (all tensors
+on the CPU; mixed devices are refused); everywhere else callers run the stock Paddle op.
 Threads: this libdnnl is an OpenMP build running on the libiomp5 Paddle loads and sizes, so it
 uses Paddle's thread count (1, or OMP_NUM_THREADS); PADDLEGAN_LITE_ONEDNN=0 switches it off.
 """
@@ -77,6 +79,10 @@ class _ExecArg(ctypes.Structure):
 
 class OnednnError(RuntimeError):
     """A oneDNN call that did not return dnnl_success."""
+
+
+class PlaceError(ValueError):
+    """Tensors of one convolution on different devices."""
 
 
 # ---------------------------------------------------------------------- the library
@@ -195,20 +201,35 @@ def tracing() -> bool:
     return not paddle.in_dynamic_mode() or in_to_static_mode() or in_sot_simulation_mode()
 
 
-def supported(x, weight) -> bool:
+def on_cpu(what: str, **tensors) -> bool:
+    """Whether all `tensors` (by name; None skipped) are on the CPU, where oneDNN may read them;
+    False when they share one other device (the stock op runs there). Raises PlaceError naming
+    them when they differ: oneDNN would take a device pointer for host memory."""
+    places = {name: t.place for name, t in tensors.items() if t is not None}
+    if all(place.is_cpu_place() for place in places.values()):
+        return True
+    (first, place), *others = places.items()
+    for name, other in others:
+        if str(other) != str(place):
+            first, name = first.replace("_", " "), name.replace("_", " ")
+            raise PlaceError(f"{what} {first} on {place} but {name} on {other}")
+    return False
+
+
+def supported(x, weight, bias=None) -> bool:
     """Whether conv2d/conv2d_transpose may run on these tensors: the dynamic graph on CPU, float32
     4-D input, a non-empty batch. Traced and static graphs keep Paddle's standard ops, so exported
-    models hold nothing of this module."""
+    models hold nothing of this module. Tensors on different devices raise PlaceError."""
     return (
         not tracing()
+        and enabled()
+        and on_cpu("conv", input=x, weight=weight, bias=bias)
         and x.ndim == 4
         and x.shape[0] > 0
         and x.dtype == paddle.float32
         and weight.dtype == paddle.float32
-        and x.place.is_cpu_place()
         # new tensors go to Paddle's current device: it must be the CPU too
         and (not paddle.is_compiled_with_cuda() or paddle.device.get_device() == "cpu")
-        and enabled()
     )
 
 
@@ -274,7 +295,7 @@ class _ConvPlan:
 
     def __init__(self, lib: _Library, key: tuple):
         transposed, x_shape, w_shape, stride, padding, has_bias = key
-        self.lib = lib
+        self.lib, self.transposed = lib, transposed
         self.x_shape, self.w_shape = list(x_shape), list(w_shape)
         self.op = "deconvolution" if transposed else "convolution"
         self.alg = DECONVOLUTION_DIRECT if transposed else CONVOLUTION_DIRECT
@@ -468,41 +489,82 @@ def _plan(key: tuple) -> _ConvPlan | None:
 # ---------------------------------------------------------------------- autograd
 class _OnednnConv(PyLayer):
     """y = conv(x, weight) + bias through a plan; the backward computes only the gradients of
-    inputs that need one (the D step's images need none, the frozen D's weights neither)."""
+    inputs that need one (the D step's images need none, the frozen D's weights neither).
+
+    The tensors come as one list argument, those wanting a gradient first. `paddle.grad` for
+    some tensors prunes the edges to the others per argument and then demands None there, which
+    a PyLayer cannot see; a node with one argument is never pruned, and for a list the None check
+    reads its first tensor only (Paddle 3.3: general_grad.h, py_layer_node.cc). So such a
+    `paddle.grad` also computes the gradients nobody asked for, then drops them.
+    Under create_graph=True the backward runs Paddle's stock ops (`_stock_grads`), which can be
+    differentiated again; plain backward() keeps oneDNN.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, plan):
-        y, laid_x, laid_weight = plan.forward(x, weight, bias)
-        ctx.plan, ctx.has_bias = plan, bias is not None
-        ctx.needs = (
-            not x.stop_gradient,
-            not weight.stop_gradient,
-            bias is not None and not bias.stop_gradient,
-        )
+    def forward(ctx, tensors, names, plan):
+        named = dict(zip(names, tensors))
+        x, weight = named["x"], named["weight"]
+        y, laid_x, laid_weight = plan.forward(x, weight, named.get("bias"))
+        ctx.plan, ctx.names = plan, names
+        ctx.wants = {name for name, t in named.items() if not t.stop_gradient}
         # keep only what the wanted gradients read (the weight for dx, x for dW); the layouts
-        # are descriptors owned by the plan, so they stay on ctx beside it
-        need_x, need_w = ctx.needs[0], any(ctx.needs[1:])
+        # are descriptors owned by the plan, so they stay on ctx beside it. x itself (not only
+        # its oneDNN copy) is for create_graph: its gradients must link to x's graph.
+        need_x, need_w = "x" in ctx.wants, bool(ctx.wants - {"x"})
         ctx.save_for_backward(
-            weight if need_x else None,
+            weight,
+            x if need_w else None,
             laid_weight[0] if need_x else None,
-            laid_x[0] if need_w else None,
+            laid_x[0] if need_w and laid_x[0] is not x else None,
         )
         ctx.layouts = (laid_weight[1], laid_x[1])
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        plan, (need_x, need_w, need_b) = ctx.plan, ctx.needs
-        weight, laid_weight, laid_x = ctx.saved_tensor()
-        weight_md, x_md = ctx.layouts
-        dy = dy.contiguous()
-        dx = laid_dy = dw = db = None
-        if need_x:
-            dx, laid_dy = plan.input_grad(dy, weight, (laid_weight, weight_md))
-        if need_w or need_b:
-            dw, db = plan.weight_grad(dy, (laid_x, x_md), laid_dy)
-        grads = (dx, dw if need_w else None)
-        return (*grads, db if need_b else None) if ctx.has_bias else grads
+        weight, x, laid_weight, laid_x = ctx.saved_tensor()
+        on_cpu("conv backward", weight=weight, output_gradient=dy)  # raises if dy is elsewhere
+        plan, wants = ctx.plan, ctx.wants
+        if paddle.is_grad_enabled():  # create_graph=True: gradients to differentiate again
+            grads = _stock_grads(plan, dy, x, weight, wants)
+        else:
+            weight_md, x_md = ctx.layouts
+            dy = dy.contiguous()
+            grads, laid_dy = {}, None
+            if "x" in wants:
+                grads["x"], laid_dy = plan.input_grad(dy, weight, (laid_weight, weight_md))
+            if wants - {"x"}:
+                laid_x = x if laid_x is None else laid_x
+                grads["weight"], grads["bias"] = plan.weight_grad(dy, (laid_x, x_md), laid_dy)
+        return [grads[name] if name in wants else None for name in ctx.names]
+
+
+def _stock_grads(plan: _ConvPlan, dy, x, weight, wants: set) -> dict:
+    """The gradients named in `wants` ("x", "weight", "bias") from dy, by Paddle's stock ops so
+    that they can be differentiated again. Each is a plain convolution: the backward of these
+    needs no conv2d_transpose double-grad kernel (Paddle 3.3 has none on CPU)."""
+    stride, padding = plan.stride, plan.padding
+    grads = {}
+    if "x" in wants:
+        if plan.transposed:
+            grads["x"] = F.conv2d(dy, weight, None, stride, padding)
+        else:
+            size = plan.x_shape[2:]
+            grads["x"] = F.conv2d_transpose(dy, weight, None, stride, padding, output_size=size)
+    if "weight" in wants:
+        # dW[o, i, a, b] sums dy[n, o, h, w] * x[n, i, h * stride + a - pad, ...] over n, h, w:
+        # a stride-1 conv over the batch axis, dilated by the stride; conv2d's dW is cropped to
+        # the kernel (its ends may reach past the last window)
+        swap = [1, 0, 2, 3]
+        if plan.transposed:  # x [N, Ci, H, W] plays dy's part: [Co, Ci, kh, kw] -> Paddle's
+            dw = F.conv2d(dy.transpose(swap), x.transpose(swap), None, 1, padding, stride)
+        else:
+            dw = F.conv2d(x.transpose(swap), dy.transpose(swap), None, 1, padding, stride)
+            dw = dw[:, :, : plan.w_shape[2], : plan.w_shape[3]]
+        grads["weight"] = dw.transpose(swap)
+    if "bias" in wants:
+        grads["bias"] = dy.sum([0, 2, 3])
+    return grads
 
 
 def _run(transposed: bool, x, weight, bias, stride, padding):
@@ -521,23 +583,23 @@ def _run(transposed: bool, x, weight, bias, stride, padding):
     if plan is None:
         stock = F.conv2d_transpose if transposed else F.conv2d
         return stock(x, weight, bias, stride, padding)
-    needs_grad = paddle.is_grad_enabled() and not all(
-        t.stop_gradient for t in (x, weight, bias) if t is not None
-    )
-    if not needs_grad:  # inference: no autograd node, nothing kept for a backward
-        return plan.forward(x, weight, bias)[0]
-    return _OnednnConv.apply(x, weight, bias, plan)
+    named = {"x": x, "weight": weight, "bias": bias}
+    names = [name for name, t in named.items() if t is not None]
+    if not paddle.is_grad_enabled() or all(named[name].stop_gradient for name in names):
+        return plan.forward(x, weight, bias)[0]  # inference: no autograd node, nothing kept
+    names.sort(key=lambda name: named[name].stop_gradient)  # wanting a gradient first
+    return _OnednnConv.apply([named[name] for name in names], names, plan)
 
 
 def conv2d(x, weight, bias, stride, padding):
     """F.conv2d(x, weight, bias, stride, padding) for NCHW x [N, Ci, H, W], weight
     [Co, Ci, kh, kw], bias [Co] or None, stride and padding (h, w) pairs; no groups/dilation.
-    Call only where `supported(x, weight)`; a geometry oneDNN refuses runs F.conv2d."""
+    Call only where `supported(x, weight, bias)`; a geometry oneDNN refuses runs F.conv2d."""
     return _run(False, x, weight, bias, stride, padding)
 
 
 def conv2d_transpose(x, weight, bias, stride, padding):
     """F.conv2d_transpose(x, weight, bias, stride, padding) for NCHW x [N, Ci, H, W], weight
     [Ci, Co, kh, kw], bias [Co] or None, stride and padding (h, w) pairs; no output_padding,
-    groups or dilation. Call only where `supported(x, weight)`."""
+    groups or dilation. Call only where `supported(x, weight, bias)`."""
     return _run(True, x, weight, bias, stride, padding)

@@ -1,24 +1,28 @@
 """Speed options: the faster layer formulations and the oneDNN convolutions compute what the stock
-Paddle layers compute (outputs and gradients), fall back to them outside their cases, the models
-keep their checkpoint keys, and the CPU set-up is safe."""
+Paddle layers compute (outputs, gradients, paddle.grad for some inputs and gradients of gradients
+as R1 and gradient penalties take them), fall back to them outside their cases, refuse tensors on
+mixed devices, the models keep their checkpoint keys, and the CPU set-up is safe."""
 
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 import pytest
-from conftest import tool_env
+from conftest import REPO_ROOT, tool_env
 from paddle import nn
 from paddle.static import InputSpec
 
 from paddlegan_lite import onednn, runtime
+from paddlegan_lite.config import load_config
 from paddlegan_lite.errors import UserError
+from paddlegan_lite.models import build_models
 from paddlegan_lite.models.acgan import ACGANDiscriminator, ACGANGenerator
 from paddlegan_lite.models.dcgan import DCGANDiscriminator, DCGANGenerator
-from paddlegan_lite.models.layers import FastConv2D, FastConv2DTranspose, UpsampleConv2D
+from paddlegan_lite.models.layers import Dropout, FastConv2D, FastConv2DTranspose, UpsampleConv2D
 
 
 def assert_close(actual, expected, rtol=1e-4):
@@ -355,6 +359,232 @@ def test_traced_graphs_hold_only_stock_convolutions(onednn_runs, tmp_path, full_
     assert onednn_runs == ["forward", "forward"]
 
 
+# ---------------------------------------------------------------------------------- devices
+class FakePlace:
+    """A device the tests cannot make here (a CPU-only Paddle): named like Paddle's places."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def is_cpu_place(self):
+        return self.name == "cpu"
+
+    def __str__(self):
+        return f"Place({self.name})"
+
+
+class OnDevice:
+    """A tensor stand-in: the place checks read only `.place`."""
+
+    def __init__(self, device):
+        self.place = FakePlace(device)
+
+
+def test_on_cpu_only_for_all_cpu_tensors():
+    x = paddle.randn([1, 2, 3, 3])
+    assert onednn.on_cpu("conv", input=x, weight=x, bias=None) is True
+    gpu = OnDevice("gpu:0")
+    assert onednn.on_cpu("conv", input=gpu, weight=OnDevice("gpu:0"), bias=gpu) is False
+
+
+@pytest.mark.parametrize(
+    "devices, message",
+    [
+        (("cpu", "gpu:0", None), "conv input on Place(cpu) but weight on Place(gpu:0)"),
+        (("cpu", "cpu", "gpu:0"), "conv input on Place(cpu) but bias on Place(gpu:0)"),
+        (("gpu:0", "gpu:0", "cpu"), "conv input on Place(gpu:0) but bias on Place(cpu)"),
+        (("gpu:0", "gpu:1", None), "conv input on Place(gpu:0) but weight on Place(gpu:1)"),
+    ],
+)
+def test_on_cpu_refuses_mixed_places(devices, message):
+    x = paddle.randn([1, 2, 3, 3])
+    x_, weight, bias = [None if d is None else x if d == "cpu" else OnDevice(d) for d in devices]
+    with pytest.raises(onednn.PlaceError) as caught:
+        onednn.on_cpu("conv", input=x_, weight=weight, bias=bias)
+    assert str(caught.value) == message
+
+
+@needs_onednn
+def test_onednn_refuses_mixed_places_and_runs_all_cpu_calls(onednn_runs):
+    paddle.seed(30)
+    stock, fast = conv_pair(False, 16, 16, 4, 2, 1, True)
+    x = paddle.randn([2, 16, 6, 6])
+    with pytest.raises(onednn.PlaceError, match=r"input on Place\(cpu\) but weight on Place"):
+        onednn.supported(x, OnDevice("gpu:0"), fast.bias)
+    with pytest.raises(onednn.PlaceError, match=r"input on Place\(cpu\) but bias on Place"):
+        onednn.supported(x, fast.weight, OnDevice("gpu:0"))
+    gpu = OnDevice("gpu:0")
+    assert not onednn.supported(gpu, gpu, gpu)  # one other device: the stock op runs there
+    assert onednn.supported(x, fast.weight, fast.bias)
+    assert_close(fast(x).numpy(), stock(x).numpy())
+    assert onednn_runs == ["forward"]
+
+
+def test_onednn_backward_refuses_a_gradient_on_another_device():
+    weight = paddle.randn([4, 4, 3, 3])
+    ctx = SimpleNamespace(saved_tensor=lambda: (weight, None, None, None))
+    with pytest.raises(onednn.PlaceError) as caught:
+        onednn._OnednnConv.backward(ctx, OnDevice("gpu:0"))
+    assert str(caught.value) == (
+        "conv backward weight on Place(cpu) but output gradient on Place(gpu:0)"
+    )
+
+
+# ---------------------------------------------------------------------------------- paddle.grad
+LAYER_CASES = {  # transposed, ci, co, k, stride, padding, side; None: UpsampleConv2D
+    "conv": (False, 16, 24, 4, 2, 1, 8),
+    "conv_few_in_channels": (False, 3, 16, 3, 2, 1, 9),  # D's first layer
+    "conv_covering_kernel": (False, 16, 2, 4, 1, 0, 4),  # D's last layer: a matmul
+    "transposed": (True, 16, 24, 4, 2, 1, 4),
+    "upsample_conv": None,
+}
+
+
+def layer_case(case):
+    """(stock function, stock layer, fast layer, input shape), the same parameters, a random
+    bias."""
+    paddle.seed(31)
+    if LAYER_CASES[case] is None:
+        stock = nn.Conv2D(16, 16, 3, padding=1)
+        fast = UpsampleConv2D(16, 16, 3, padding=1)
+        stock.bias.set_value(paddle.randn([16]))
+        fast.set_state_dict(stock.state_dict())
+        return (
+            lambda x: stock(F.interpolate(x, scale_factor=2, mode="nearest")),
+            stock,
+            fast,
+            [3, 16, 5, 5],
+        )
+    transposed, ci, co, k, stride, padding, side = LAYER_CASES[case]
+    stock, fast = conv_pair(transposed, ci, co, k, stride, padding, bias=True)
+    return stock, stock, fast, [3, ci, side, side]
+
+
+def projection(out, seed=33):
+    """A fixed random linear function of `out`, plus a square so that the input gradient depends
+    on the output (and through it on the bias)."""
+    r = paddle.to_tensor(np.random.default_rng(seed).standard_normal(out.shape), dtype=out.dtype)
+    return (out * r).sum() + 0.5 * (out * out).sum()
+
+
+def penalty_grads(fn, x, params, penalized=None):
+    """Gradients for params of sum(g ** 2), g the gradient of projection(fn(x)) for `penalized`
+    (default x: R1's shape), taken with create_graph=True."""
+    wrt = x if penalized is None else penalized
+    (g,) = paddle.grad(projection(fn(x)), [wrt], create_graph=True)
+    return paddle.grad((g * g).sum(), params)
+
+
+@needs_onednn
+@pytest.mark.parametrize("create_graph", [False, True], ids=["", "create_graph"])
+@pytest.mark.parametrize("wrt", ["x", "weight", "bias", "x_weight"])
+@pytest.mark.parametrize("case", list(LAYER_CASES))
+def test_paddle_grad_for_some_inputs_matches_stock(onednn_runs, case, wrt, create_graph):
+    stock_fn, stock, fast, shape = layer_case(case)
+    x = leaf(shape, seed=34)
+
+    def grads(fn, layer, create_graph=False):
+        targets = {"x": [x], "weight": [layer.weight], "bias": [layer.bias]}
+        wanted = targets["x"] + targets["weight"] if wrt == "x_weight" else targets[wrt]
+        return paddle.grad(projection(fn(x)), wanted, create_graph=create_graph)
+
+    want = grads(stock_fn, stock)  # (the stock upsampling cannot take create_graph)
+    got = grads(fast, fast, create_graph)
+    if case != "conv_covering_kernel":
+        # oneDNN's backward (for the unasked gradient too), or for create_graph the stock ops
+        backward = [] if create_graph else ["input_grad", "weight_grad"]
+        assert onednn_runs == ["forward", *backward]
+    assert fast.weight.grad is None and fast.bias.grad is None  # paddle.grad keeps off .grad
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        assert a.stop_gradient is not create_graph
+        assert_close(a.numpy(), b.numpy())
+
+
+def directional_derivatives(fn, x, tensors, directions, penalized=None, eps=1e-4):
+    """Central differences of sum(g ** 2), g as in penalty_grads but first-order, along each
+    direction (a list of arrays, one per tensor moved) in float64."""
+    start = [t.numpy().copy() for t in tensors]
+
+    def penalty(direction, step):
+        for t, t0, v in zip(tensors, start, direction):
+            t.set_value(t0 + step * v)
+        (g,) = paddle.grad(projection(fn(x)), [x if penalized is None else penalized])
+        return float((g * g).sum())
+
+    result = [(penalty(d, eps) - penalty(d, -eps)) / (2 * eps) for d in directions]
+    for t, t0 in zip(tensors, start):
+        t.set_value(t0)
+    return result
+
+
+def assert_matches_differences(got, stock_fn, stock, x, tensors, penalized=None):
+    """got (gradients for `tensors` of the penalty) against the stock layer's numerical ones:
+    their projections on three random directions."""
+    rng = np.random.default_rng(36)
+    directions = [[rng.standard_normal(g.shape) for g in got] for _ in range(3)]
+    stock.to(dtype="float64")
+    x64 = paddle.to_tensor(x.numpy().astype("float64"), stop_gradient=False)
+    moved = [x64 if t is x else getattr(stock, t) for t in tensors]
+    penalized = None if penalized is None else getattr(stock, penalized)
+    want = directional_derivatives(stock_fn, x64, moved, directions, penalized)
+    got = [sum(float((g.numpy() * v).sum()) for g, v in zip(got, d)) for d in directions]
+    assert got == pytest.approx(want, rel=1e-4)
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", list(LAYER_CASES))
+def test_gradient_penalty_through_fast_layers_matches_stock(onednn_runs, case):
+    """The gradient for the weights of sum(grad_x ** 2) (create_graph=True). Paddle 3.3 has no CPU
+    double-grad kernel for conv2d_transpose and nearest upsampling: for those the stock layer's
+    penalty is differentiated numerically (float64 central differences along random
+    directions) instead of by paddle.grad."""
+    stock_fn, stock, fast, shape = layer_case(case)
+    x = leaf(shape, seed=35)
+    got = penalty_grads(fast, x, [fast.weight, fast.bias])
+    if case != "conv_covering_kernel":
+        assert onednn_runs[0] == "forward"
+    if not LAYER_CASES[case] or LAYER_CASES[case][0]:  # transposed
+        assert_matches_differences(got, stock_fn, stock, x, ["weight", "bias"])
+    else:
+        want = penalty_grads(stock_fn, x, [stock.weight, stock.bias])
+        for a, b in zip(got, want):
+            assert_close(a.numpy(), b.numpy())
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", list(LAYER_CASES))
+def test_gradient_of_a_weight_gradient_matches_stock(onednn_runs, case):
+    """sum(grad_weight ** 2) differentiated for x, the weight and the bias: Paddle 3.3's stock
+    conv2d drops the weight's path there, so the reference is numerical for every layer."""
+    stock_fn, stock, fast, shape = layer_case(case)
+    x = leaf(shape, seed=42)
+    got = penalty_grads(fast, x, [x, fast.weight, fast.bias], penalized=fast.weight)
+    if case != "conv_covering_kernel":
+        assert onednn_runs[0] == "forward"
+    assert_matches_differences(got, stock_fn, stock, x, [x, "weight", "bias"], "weight")
+
+
+def test_dropout_matches_stock_and_differentiates_twice():
+    stock, ours = nn.Dropout(0.25), Dropout(0.25)
+    x = leaf([4, 8, 6, 6], seed=37)
+    paddle.seed(38)
+    want = outputs_and_grads(stock, [x], [])
+    paddle.seed(38)
+    got = outputs_and_grads(ours, [x], [])
+    for a, b in zip(got[0] + got[1], want[0] + want[1]):  # x * (1 / 0.75) vs x / 0.75
+        assert_close(a, b, rtol=1e-6)
+    assert float((got[0][0] == 0).mean()) == pytest.approx(0.25, abs=0.05)
+    y = ours(x)  # y = x * mask: the penalty of sum(y^2) has gradient 8 x mask^4
+    (grad_x,) = paddle.grad((y * y).sum(), [x], create_graph=True)
+    (got,) = paddle.grad((grad_x * grad_x).sum(), [x])
+    mask = (y / x).numpy()
+    assert_close(got.numpy(), 8 * x.numpy() * mask**4)
+    ours.eval()
+    np.testing.assert_array_equal(ours(x).numpy(), x.numpy())
+
+
 # ---------------------------------------------------------------------------------- models
 # state_dict keys and shapes of the models as they were before the faster layers (tiny widths)
 KEYS_BEFORE = {
@@ -463,7 +693,7 @@ def test_discriminators_match_stock_layers(net, side):
     body = net.features if hasattr(net, "features") else net.main
 
     def stock(x):
-        features = stock_run(body, x)
+        features = stock_run(body, x).flatten(1)
         if hasattr(net, "features"):
             return net.adv_head(features).flatten(), net.cls_head(features)
         return features.flatten()
@@ -474,6 +704,62 @@ def test_discriminators_match_stock_layers(net, side):
     got = outputs_and_grads(net, [x], net.parameters())
     for a, b in zip(got[0] + got[1], want[0] + want[1]):
         assert_close(a, b)
+
+
+D_CONFIGS = {  # discriminators as the configs build them (widths kept: all convs on oneDNN)
+    "dcgan_64": "dcgan_mnist",
+    "dcgan_32": "dcgan_cifar10_32",
+    "acgan": "acgan_mnist",
+    "mlp": "mlp_gan_mnist",
+}
+
+
+@pytest.fixture(scope="module")
+def discriminators():
+    """{case: (netD, input shape)} built once (the tests change no weights)."""
+    nets = {}
+    for case, config in D_CONFIGS.items():
+        paddle.seed(39)
+        m = load_config(REPO_ROOT / "configs" / f"{config}.yaml").model
+        nets[case] = build_models(m)[1], [3, m.channels, m.image_size, m.image_size]
+    return nets
+
+
+def d_grads(netD, x, wrt):
+    """paddle.grad through netD: first order for `wrt`, or the penalty gradients (R1)."""
+    params = [p for p in netD.parameters() if not p.stop_gradient]  # not BatchNorm's statistics
+    paddle.seed(40)  # AC-GAN's dropout masks
+
+    def fn(x):
+        out = netD(x)
+        return paddle.concat([o.reshape([-1]) for o in out]) if isinstance(out, tuple) else out
+
+    if wrt == "penalty":
+        return penalty_grads(fn, x, params)
+    wanted = {"x": [x], "weights": params, "both": [x, *params]}[wrt]
+    return paddle.grad(projection(fn(x)), wanted)
+
+
+@needs_onednn
+@pytest.mark.parametrize("wrt", ["x", "weights", "both", "penalty"])
+@pytest.mark.parametrize("case", list(D_CONFIGS))
+def test_discriminator_gradients_match_the_stock_path(
+    discriminators, onednn_runs, monkeypatch, case, wrt
+):
+    """paddle.grad for the input, the weights or both, and R1's penalty gradient: the nets as
+    built, on oneDNN and with PADDLEGAN_LITE_ONEDNN=0."""
+    netD, shape = discriminators[case]
+    x = leaf(shape, seed=41)
+    got = d_grads(netD, x, wrt)
+    assert ("forward" in onednn_runs) == (case != "mlp")
+    runs = len(onednn_runs)
+    monkeypatch.setenv(onednn.ENV_SWITCH, "0")
+    want = d_grads(netD, x, wrt)
+    assert len(onednn_runs) == runs
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        assert_close(a.numpy(), b.numpy())
 
 
 # ---------------------------------------------------------------------------------- runtime

@@ -9,7 +9,7 @@ import math
 import paddle
 from paddle import nn
 
-from paddlegan_lite.models.layers import FastConv2D, UpsampleConv2D
+from paddlegan_lite.models.layers import Dropout, FastConv2D, UpsampleConv2D
 
 
 def _same_stride2(size: int) -> int:
@@ -59,33 +59,37 @@ class ACGANGenerator(nn.Layer):
 
 
 class ACGANDiscriminator(nn.Layer):
-    """images [N, C, H, W] -> (real/fake logits [N], class logits [N, num_classes])."""
+    """images [N, C, H, W] -> (real/fake logits [N], class logits [N, num_classes]).
+
+    Twice differentiable for gradient penalties: Dropout is layers.Dropout, and reshape stands
+    for flatten (Paddle 3.3 has no double grad for either stock op).
+    """
 
     def __init__(self, ndf=16, channels=1, image_size=28, num_classes=10, dropout=0.25):
         super().__init__()
         side = _same_stride2(_same_stride2(image_size)) + 1  # after two convs and the zero pad
         side = _same_stride2(side)  # the third conv; the fourth keeps the side
+        self.num_features = 8 * ndf * side * side
         self.features = nn.Sequential(
             FastConv2D(channels, ndf, 3, stride=2, padding=1),
             nn.LeakyReLU(0.2),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             FastConv2D(ndf, 2 * ndf, 3, stride=2, padding=1),
             nn.Pad2D([0, 1, 0, 1]),  # Keras ZeroPadding2D(((0, 1), (0, 1))): 7x7 -> 8x8 on MNIST
             nn.LeakyReLU(0.2),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.BatchNorm2D(2 * ndf, momentum=0.8),
             FastConv2D(2 * ndf, 4 * ndf, 3, stride=2, padding=1),
             nn.LeakyReLU(0.2),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.BatchNorm2D(4 * ndf, momentum=0.8),
             FastConv2D(4 * ndf, 8 * ndf, 3, stride=1, padding=1),
             nn.LeakyReLU(0.2),
-            nn.Dropout(dropout),
-            nn.Flatten(),
-        )  # state size. (ndf*8) * side * side features
-        self.adv_head = nn.Linear(8 * ndf * side * side, 1)
-        self.cls_head = nn.Linear(8 * ndf * side * side, num_classes)
+            Dropout(dropout),
+        )  # state size. (ndf*8) x side x side
+        self.adv_head = nn.Linear(self.num_features, 1)
+        self.cls_head = nn.Linear(self.num_features, num_classes)
 
     def forward(self, x):
-        features = self.features(x)
-        return self.adv_head(features).flatten(), self.cls_head(features)
+        features = self.features(x).reshape([-1, self.num_features])
+        return self.adv_head(features).reshape([-1]), self.cls_head(features)

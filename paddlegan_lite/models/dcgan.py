@@ -74,7 +74,7 @@ class DCGANDiscriminator(nn.Layer):
         self.main = nn.Sequential(*layers)
 
     def forward(self, x):
-        return self.main(x).flatten()
+        return self.main(x).reshape([-1])  # reshape: flatten has no double grad (penalties)
 
 
 def init_weights(net: nn.Layer, std: float = 0.02) -> None:

@@ -1,10 +1,11 @@
-"""Paddle conv layers that compute the same function as the stock ones, faster on CPU.
+"""Paddle layers that compute the same function as the stock ones, faster on CPU (the convs) or
+twice differentiable (Dropout, for gradient penalties).
 
 Each subclasses the Paddle layer it replaces: same constructor, same parameters and state_dict
-keys, same math (tests/test_speed_options.py checks outputs and gradients against the stock
-layer); only the kernels Paddle runs differ. Anything outside the fast cases runs the stock code.
-On CPU the convolutions run on oneDNN where paddlegan_lite/onednn.py supports them; traced and
-static graphs (export) always get the stock ops.
+keys, same math (tests/test_speed_options.py checks outputs and gradients, first and second
+order, against the stock layer); only the kernels Paddle runs differ. Anything outside the fast
+cases runs the stock code. On CPU the convolutions run on oneDNN where paddlegan_lite/onednn.py
+supports them; traced and static graphs (export) always get the stock ops.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _padding_pair(padding):
 
 def _use_onednn(layer, x, weight) -> bool:
     """Whether `layer`'s conv of x with `weight` may run on oneDNN (onednn.supported says when)."""
-    return _padding_pair(layer._padding) is not None and onednn.supported(x, weight)
+    return _padding_pair(layer._padding) is not None and onednn.supported(x, weight, layer.bias)
 
 
 def _add_bias(y, bias):
@@ -58,7 +59,9 @@ class FastConv2D(nn.Conv2D):
             return super().forward(x)
         if self._padding == 0 and list(x.shape[2:]) == list(self._kernel_size):
             # [N, Ci*kh*kw] @ [Co, Ci*kh*kw]^T: the conv's single output pixel per sample
-            flat = paddle.matmul(x.flatten(1), self.weight.flatten(1), transpose_y=True)
+            # (reshape, not flatten: Paddle 3.3's flatten_grad has no grad op, for penalties)
+            weight = self.weight.reshape([self._out_channels, -1])
+            flat = paddle.matmul(x.reshape([-1, weight.shape[1]]), weight, transpose_y=True)
             return _add_bias(flat.reshape([-1, self._out_channels, 1, 1]), self.bias)
         if _use_onednn(self, x, self.weight):
             padding = _padding_pair(self._padding)
@@ -113,10 +116,24 @@ class UpsampleConv2D(nn.Conv2D):
         fold = self.fold.astype(self.weight.dtype)  # float16 weights after AMP O2 decorate
         kernel = paddle.matmul(paddle.matmul(fold, self.weight), fold, transpose_y=True)
         kernel = kernel.transpose([1, 0, 2, 3])
-        if onednn.supported(x, kernel):
+        if onednn.supported(x, kernel, self.bias):
             return onednn.conv2d_transpose(x, kernel, self.bias, (2, 2), (1, 1))
         y = F.conv2d_transpose(x, kernel, stride=2, padding=1)
         return _add_bias(y, self.bias)
 
 
-__all__ = ["FastConv2D", "FastConv2DTranspose", "UpsampleConv2D"]
+class Dropout(nn.Dropout):
+    """nn.Dropout whose gradient can be differentiated again (R1 and gradient penalties through
+    AC-GAN's D): Paddle 3.3's dropout_grad has no grad op. In training the stock op draws the
+    mask (the same random numbers, so the same masks) on ones, and x is multiplied by it."""
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        with paddle.no_grad():
+            ones = paddle.ones_like(x)
+            mask = F.dropout(ones, self.p, self.axis, training=True, mode=self.mode)
+        return x * mask
+
+
+__all__ = ["Dropout", "FastConv2D", "FastConv2DTranspose", "UpsampleConv2D"]

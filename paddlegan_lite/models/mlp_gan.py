@@ -37,8 +37,9 @@ class MLPDiscriminator(nn.Layer):
 
     def __init__(self, hidden: int = 256, channels: int = 1, image_size: int = 28):
         super().__init__()
+        self.in_features = channels * image_size * image_size
         self.main = nn.Sequential(
-            nn.Linear(channels * image_size * image_size, hidden),
+            nn.Linear(self.in_features, hidden),
             nn.LeakyReLU(0.2),
             nn.Linear(hidden, hidden),
             nn.LeakyReLU(0.2),
@@ -46,4 +47,5 @@ class MLPDiscriminator(nn.Layer):
         )
 
     def forward(self, x):
-        return self.main(x.flatten(1)).flatten()
+        # reshape, not flatten: Paddle 3.3's flatten has no double grad (gradient penalties)
+        return self.main(x.reshape([-1, self.in_features])).reshape([-1])
