@@ -4,6 +4,12 @@
 `-o key.sub=value` overrides and validates the result once: unknown keys and wrong types raise a
 `ConfigError` that names the key, the file and the valid choices. Code after that receives plain
 dataclasses.
+
+A key written twice in one YAML mapping is an error (YAML itself would silently keep the last);
+a key given twice in `-o` is not: overrides apply left to right, so the later one wins, as with
+any command line. A run that cannot fit in this machine's memory is refused at load time, from a
+closed-form estimate of its nets, optimizer state, activations and in-memory data
+(`estimate_memory`), before anything is allocated.
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ MODEL_NAMES = ("mlp_gan", "dcgan", "acgan")
 LOSS_NAMES = ("vanilla", "lsgan", "hinge")
 DATASET_NAMES = ("mnist", "cifar10", "folder")
 AMP_MODES = ("off", "fp16", "bf16")  # train.amp
+MAX_DEPTH = 20  # YAML nesting refused beyond this (a config needs 4: root, optimizer, g, lr)
+# Widths, sizes and batch sizes above this are refused outright: no machine holds such a tensor,
+# and it keeps the memory estimate's arithmetic within float range.
+DIM_MAX = 2**31 - 1
 
 
 class ConfigError(UserError):
@@ -70,6 +80,8 @@ class TrainConfig:
     num_samples: int = 64  # images in the fixed-noise sample grid (AC-GAN: rounded to classes)
     ema_decay: float = 0.0  # > 0: keep an EMA of G's weights for samples, eval and export
     amp: str = "off"  # off | fp16 | bf16: GPU mixed precision (auto_cast O1; fp16 + GradScaler)
+    threads: int = 0  # CPU math threads per process; 0: OMP_NUM_THREADS if set, else all cores
+    deterministic: bool = False  # deterministic GPU kernels (cuDNN): exact resume, some speed lost
 
 
 @dataclass
@@ -130,18 +142,31 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     if not cfg.train.output_dir:
         cfg.train.output_dir = str(Path("output") / cfg.name)
     _check_values(cfg, str(path))
+    check_memory(cfg, str(path))
     return cfg
 
 
 def config_from_dict(raw: dict, source: str = "<dict>") -> Config:
-    """Validate an already-parsed mapping (used for configs saved in checkpoints)."""
+    """Validate an already-parsed mapping (used for configs saved in checkpoints).
+
+    Only the weights must fit here: such a config builds nets (export, eval), it does not train.
+    """
     cfg = _build(Config, raw, where="", source=source)
     _check_values(cfg, source)
+    check_memory(cfg, source, training=False)
     return cfg
 
 
 def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def model_differences(cfg: Config, saved: Config) -> list[str]:
+    """`model.<key>=<here> (checkpoint: <saved>)` for each model option that differs."""
+    here, there = config_to_dict(cfg)["model"], config_to_dict(saved)["model"]
+    return [
+        f"model.{k}={here[k]!r} (checkpoint: {there[k]!r})" for k in there if here[k] != there[k]
+    ]
 
 
 def dump_config(cfg: Config) -> str:
@@ -158,7 +183,7 @@ def _read_yaml_with_base(path: Path, seen: tuple) -> dict:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = _load_yaml(text, str(path)) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({_one_line(exc)})") from None
     if not isinstance(raw, dict):
@@ -168,10 +193,73 @@ def _read_yaml_with_base(path: Path, seen: tuple) -> dict:
     base_name = raw.pop("_base_", None)
     if base_name is None:
         return raw
-    if not isinstance(base_name, str):
-        raise ConfigError(f"{path}: _base_ must be a file name")
-    base = _read_yaml_with_base(path.parent / base_name, seen + (path.resolve(),))
+    if not isinstance(base_name, str) or not base_name.strip():
+        raise ConfigError(f"{path}: _base_ must be a file name, got {_short(base_name)}")
+    base_path = path.parent / base_name
+    if not os.path.exists(base_path):  # os.path: False, not an OSError, for a name too long
+        raise ConfigError(
+            f"{path}: _base_ {_short(base_name)} not found (looked in "
+            f"{os.path.abspath(path.parent)})"
+        )
+    base = _read_yaml_with_base(base_path, seen + (path.resolve(),))
     return _merge(base, raw)
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses what safe_load passes over in silence: a key given twice in
+    one mapping (all but the last would be dropped) and nesting deeper than MAX_DEPTH (which
+    would end in a RecursionError)."""
+
+    def __init__(self, text: str, source: str):
+        super().__init__(text)
+        self.name = self.source = source  # yaml's own messages then name the file too
+        self.node_keys = []  # per node being composed: its key (str), item index (int) or None
+
+    def compose_node(self, parent, index):
+        if len(self.node_keys) >= MAX_DEPTH:
+            line = self.peek_event().start_mark.line + 1
+            raise ConfigError(
+                f"{self.source}: line {line}: nested deeper than {MAX_DEPTH} levels "
+                "(a config has sections of keys)"
+            )
+        # a mapping value is composed with its key node as index, a list item with its position
+        self.node_keys.append(index.value if isinstance(index, yaml.ScalarNode) else index)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.node_keys.pop()
+
+    def compose_mapping_node(self, anchor):
+        node = super().compose_mapping_node(anchor)
+        first_line = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue  # `<<: *base` merge keys may be overridden: that is what they are for
+            line = key_node.start_mark.line + 1
+            key = (key_node.tag, key_node.value)
+            if key in first_line:
+                where = [str(k) for k in self.node_keys if isinstance(k, str)] + [key_node.value]
+                raise ConfigError(
+                    f"{self.source}: line {line}: key {_short('.'.join(where))} given twice "
+                    f"(also on line {first_line[key]}); YAML would keep only the last"
+                )
+            first_line[key] = line
+        return node
+
+
+def _load_yaml(text: str, source: str):
+    """Like yaml.safe_load, with _ConfigLoader's checks; `source` names the text in errors."""
+    loader = _ConfigLoader(text, source)
+    try:
+        return loader.get_single_data()
+    except RecursionError:  # a backstop: MAX_DEPTH stops nesting long before Python's limit
+        raise ConfigError(f"{source}: nested too deeply to read") from None
+    except ValueError as exc:  # a scalar Python cannot hold: an int of 5,000 digits, month 13
+        if "integer string conversion" in str(exc):
+            raise yaml.YAMLError("an integer of more than 4300 digits") from None
+        raise yaml.YAMLError(_one_line(exc)[:200]) from None
+    finally:
+        loader.dispose()
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -185,20 +273,23 @@ def _merge(base: dict, top: dict) -> dict:
 
 
 def _apply_override(raw: dict, item: str, path: Path) -> None:
+    """Set one `section.key=value` in `raw`; a later override of the same key wins."""
     key, sep, text = item.partition("=")
-    if not sep or not key:
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
         raise ConfigError(f"override '{item}' must look like section.key=value")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = _load_yaml(text, f"override '{item}'") if text.strip() else ""
     except yaml.YAMLError:
         value = text  # an unquoted string that YAML cannot parse is taken as written
     node = raw
-    parts = key.split(".")
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             raise ConfigError(f"override '{item}': '{part}' is not a section")
         node = child
+    if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+        value = _merge(node[parts[-1]], value)  # -o model={ngf: 8} keeps the file's other keys
     node[parts[-1]] = value
 
 
@@ -240,6 +331,8 @@ def _coerce(kind, value, key: str, source: str):
     elif kind is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, bool):  # YAML 1.1 reads a bare off/on (yes/no) as a bool
+            return "on" if value else "off"
     raise ConfigError(
         f"{source}: '{key}' must be {kind.__name__}, got {_short(value)} ({type(value).__name__})"
     )
@@ -257,17 +350,17 @@ def _check_values(cfg: Config, source: str) -> None:
     # (key, value, lowest allowed, highest allowed, whether the lowest itself is allowed)
     ranges = [
         ("seed", cfg.seed, 0, 2**32 - 1, True),  # what paddle.seed and numpy accept
-        ("model.nz", m.nz, 0, inf, False),
-        ("model.image_size", m.image_size, 0, inf, False),
-        ("model.ngf", m.ngf, 0, inf, False),
-        ("model.ndf", m.ndf, 0, inf, False),
-        ("model.hidden", m.hidden, 0, inf, False),
-        ("model.num_classes", m.num_classes, 0, inf, True),
+        ("model.nz", m.nz, 0, DIM_MAX, False),
+        ("model.image_size", m.image_size, 0, DIM_MAX, False),
+        ("model.ngf", m.ngf, 0, DIM_MAX, False),
+        ("model.ndf", m.ndf, 0, DIM_MAX, False),
+        ("model.hidden", m.hidden, 0, DIM_MAX, False),
+        ("model.num_classes", m.num_classes, 0, DIM_MAX, True),
         ("model.init_std", m.init_std, 0, 1, True),
         ("data.num_workers", cfg.data.num_workers, 0, inf, True),
         ("train.epochs", t.epochs, 0, inf, True),
         ("train.max_steps", t.max_steps, 0, inf, True),
-        ("train.batch_size", t.batch_size, 0, inf, False),
+        ("train.batch_size", t.batch_size, 0, DIM_MAX, False),
         ("train.real_label", t.real_label, 0, 1, False),
         ("train.d_steps", t.d_steps, 0, inf, False),
         ("train.cls_weight", t.cls_weight, 0, inf, True),
@@ -275,11 +368,12 @@ def _check_values(cfg: Config, source: str) -> None:
         ("train.sample_interval", t.sample_interval, 0, inf, False),
         ("train.save_interval", t.save_interval, 0, inf, False),
         ("train.keep_checkpoints", t.keep_checkpoints, 0, inf, False),
-        ("train.num_samples", t.num_samples, 0, inf, False),
+        ("train.num_samples", t.num_samples, 0, DIM_MAX, False),
         ("train.ema_decay", t.ema_decay, 0, 0.999999, True),
+        ("train.threads", t.threads, 0, 4096, True),
         ("eval.interval", e.interval, 0, inf, True),
-        ("eval.num_samples", e.num_samples, 10, inf, True),
-        ("eval.batch_size", e.batch_size, 0, inf, False),
+        ("eval.num_samples", e.num_samples, 10, DIM_MAX, True),
+        ("eval.batch_size", e.batch_size, 0, DIM_MAX, False),
         ("eval.classifier_steps", e.classifier_steps, 0, inf, True),
     ]
     for side, adam in (("g", cfg.optimizer.g), ("d", cfg.optimizer.d)):
@@ -290,23 +384,207 @@ def _check_values(cfg: Config, source: str) -> None:
         ]
     for key, value, low, high, low_ok in ranges:
         above = low <= value if low_ok else low < value
-        if not (math.isfinite(value) and above and value <= high):
-            if high == inf:
+        finite = not isinstance(value, float) or math.isfinite(value)  # ints may be any size
+        if not (finite and above and value <= high):
+            if high == DIM_MAX and value > high:
+                bound = f"<= {DIM_MAX}, the most a tensor dimension may hold"
+            elif high in (inf, DIM_MAX):
                 bound = f"{'>=' if low_ok else '>'} {low}"
             else:
                 bound = f"in {'[' if low_ok else '('}{low}, {high}]"
-            raise ConfigError(f"{source}: '{key}' must be {bound}, got {value}")
+            raise ConfigError(f"{source}: '{key}' must be {bound}, got {_short(value)}")
     if t.epochs == 0 and t.max_steps == 0:
         raise ConfigError(f"{source}: set 'train.epochs' or 'train.max_steps' above 0")
     if m.name == "acgan" and m.num_classes < 2:
         raise ConfigError(f"{source}: 'model.num_classes' must be >= 2 for acgan")
     if m.name != "acgan" and m.num_classes:
         raise ConfigError(f"{source}: 'model.num_classes' is only for acgan; set it to 0")
+    size = m.image_size  # what models/*.py can build: one stride-2 layer per doubling
+    if m.name == "dcgan" and (size < 8 or size & (size - 1)):
+        raise ConfigError(
+            f"{source}: 'model.image_size' must be a power of two >= 8 for dcgan (8, 16, 32, "
+            f"64, ...), got {size}"
+        )
+    if m.name == "acgan" and size % 4:
+        raise ConfigError(
+            f"{source}: 'model.image_size' must be a multiple of 4 for acgan, got {size}"
+        )
     device = t.device
     if not (device in ("auto", "cpu", "gpu") or (device[:4] == "gpu:" and device[4:].isdigit())):
         raise ConfigError(
             f"{source}: 'train.device' must be auto, cpu, gpu or gpu:N, got {device!r}"
         )
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory: refuse a run that cannot fit, before anything is allocated
+# ------------------------------------------------------------------------------------------------
+
+FLOAT_BYTES = 4  # float32 weights and activations
+# Training images that the in-memory datasets hold as uint8, resized once (datasets.ArrayDataset);
+# image folders are read per batch. CIFAR-10 keeps 3 planes when channels is 3, MNIST keeps 1.
+DATASET_IMAGES = {"mnist": 60_000, "cifar10": 50_000}
+# The model keys that set the sizes below, named in the error so the user sees what to lower.
+SIZE_KEYS = {
+    "mlp_gan": ("image_size", "nz", "hidden"),
+    "dcgan": ("image_size", "nz", "ngf", "ndf"),
+    "acgan": ("image_size", "nz", "ngf", "ndf", "num_classes"),
+}
+
+
+@dataclass
+class MemoryEstimate:
+    """What a training run needs, in bytes, from closed forms of the nets in models/*.py.
+
+    The parameter counts are exact (tests/test_config.py builds the nets and counts). The rest is
+    rough: every layer's output per image, times 3 for what backward keeps (the normalised and
+    activated copies) and the gradients flowing back; enough to refuse what cannot fit.
+    """
+
+    params_g: int  # parameters of netG, as net.parameters() lists them (BatchNorm statistics too)
+    params_d: int  # parameters of netD, likewise
+    parameter_bytes: int  # weights, gradients and Adam's two moments, plus G's EMA copy if kept
+    activation_bytes: int  # one step: G's maps, and D's on a batch of real and one of fake
+    data_bytes: int  # training images held in memory
+
+    @property
+    def total_bytes(self) -> int:
+        return self.parameter_bytes + self.activation_bytes + self.data_bytes
+
+
+def estimate_memory(cfg: Config) -> MemoryEstimate:
+    """Estimate a run's memory from its config alone: no net is built, no Paddle is imported."""
+    m = cfg.model
+    params_g, params_d, maps_g, maps_d = MODEL_SIZES[m.name](m)
+    ema = params_g if cfg.train.ema_decay > 0 else 0
+    planes = 3 if cfg.data.name == "cifar10" and m.channels == 3 else 1
+    return MemoryEstimate(
+        params_g=params_g,
+        params_d=params_d,
+        parameter_bytes=FLOAT_BYTES * (4 * (params_g + params_d) + ema),
+        activation_bytes=FLOAT_BYTES * 3 * cfg.train.batch_size * (maps_g + 2 * maps_d),
+        data_bytes=DATASET_IMAGES.get(cfg.data.name, 0) * planes * m.image_size**2,
+    )
+
+
+def check_memory(cfg: Config, source: str, training: bool = True) -> None:
+    """Refuse (ConfigError) a config whose run (training) or nets (not training) cannot fit in
+    this machine's memory; nothing is checked where the memory size is unknown."""
+    limit = machine_memory()
+    if limit is None:
+        return
+    est = estimate_memory(cfg)
+    need = est.total_bytes if training else FLOAT_BYTES * (est.params_g + est.params_d)
+    if need <= limit:
+        return
+    m = cfg.model
+    keys = ", ".join(f"model.{key}={getattr(m, key)}" for key in SIZE_KEYS[m.name])
+    if training:
+        parts = (
+            f"parameters {_bytes_text(est.parameter_bytes)}, activations "
+            f"{_bytes_text(est.activation_bytes)} at train.batch_size={cfg.train.batch_size}"
+        )
+        if est.data_bytes:
+            parts += f", {cfg.data.name} images {_bytes_text(est.data_bytes)}"
+        what = "the run needs"
+    else:
+        parts = f"{est.params_g:,} + {est.params_d:,} parameters"
+        what = "the nets need"
+    raise ConfigError(
+        f"{source}: {keys}: {what} about {_bytes_text(need)} ({parts}), more than this "
+        f"machine's {_bytes_text(limit)}"
+    )
+
+
+def machine_memory() -> int | None:
+    """Bytes of physical memory, or a container's lower cgroup limit; None where unknown.
+
+    The total rather than what is free now: free memory changes by the minute, while no run can
+    outgrow the machine.
+    """
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
+        return None
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # cgroup v2 says "max" when there is no limit
+            total = min(total, int(text))
+    return total if total > 0 else None
+
+
+def _mlp_gan_sizes(m: ModelConfig) -> tuple[int, int, int, int]:
+    """(params G, params D, layer outputs per image in G, in D incl. its input): mlp_gan.py."""
+    h, pixels = m.hidden, m.channels * m.image_size**2
+    params_g = (m.nz + 1) * h + (h + 1) * h + (h + 1) * pixels  # Linear: weights + biases
+    params_d = (pixels + 1) * h + (h + 1) * h + (h + 1)
+    return params_g, params_d, 2 * h + pixels, pixels + 2 * h + 1
+
+
+def _dcgan_sizes(m: ModelConfig) -> tuple[int, int, int, int]:
+    """The same for dcgan.py: 4x4 kernels without bias; a BatchNorm has 4 parameters per channel
+    (scale, shift, and the running mean and variance, which Paddle keeps as parameters too)."""
+    n = m.image_size.bit_length() - 3  # stride-2 layers between 4x4 and image_size
+    pixels = m.channels * m.image_size**2
+    width, side = m.ngf * 2 ** (n - 1), 4  # G's first map: (ngf * 2^(n-1)) x 4 x 4
+    params_g, maps_g = m.nz * width * 16 + 4 * width, width * side**2
+    for _ in range(n - 1):  # channels halve, side doubles
+        params_g += width * (width // 2) * 16 + 4 * (width // 2)
+        width, side = width // 2, side * 2
+        maps_g += width * side**2
+    params_g += width * m.channels * 16
+    maps_g += pixels
+    width, side = m.ndf, m.image_size // 2  # D's first map: ndf x image_size/2 x image_size/2
+    params_d, maps_d = m.channels * width * 16, pixels + width * side**2
+    for _ in range(n - 1):  # channels double, side halves
+        params_d += width * 2 * width * 16 + 4 * (2 * width)
+        width, side = width * 2, side // 2
+        maps_d += width * side**2
+    params_d += width * 16  # the 4x4 -> 1 logit layer
+    return params_g, params_d, maps_g, maps_d + 1
+
+
+def _acgan_sizes(m: ModelConfig) -> tuple[int, int, int, int]:
+    """The same for acgan.py: 3x3 convs with bias, BatchNorm as in dcgan, two linear heads."""
+    c, s, k, nz, ngf, ndf = m.channels, m.image_size, m.num_classes, m.nz, m.ngf, m.ndf
+    base = s // 4  # G's first map: (2 ngf) x s/4 x s/4
+    params_g = (
+        k * nz  # label embedding
+        + (nz + 1) * 2 * ngf * base**2  # fc
+        + 4 * (2 * ngf + 2 * ngf + ngf)  # the three BatchNorms
+        + (2 * ngf * 2 * ngf * 9 + 2 * ngf)  # upsample-conv, 2 ngf -> 2 ngf
+        + (2 * ngf * ngf * 9 + ngf)  # upsample-conv, 2 ngf -> ngf
+        + (ngf * c * 9 + c)  # last conv
+    )
+    maps_g = 2 * ngf * base**2 + 2 * ngf * (2 * base) ** 2 + ngf * s**2 + c * s**2
+    s1 = -(-s // 2)  # sides after each 3x3 stride-2 "same" conv; the zero pad adds one
+    s2 = -(-s1 // 2)
+    s3 = -(-(s2 + 1) // 2)
+    features = 8 * ndf * s3**2
+    params_d = (
+        (c * ndf * 9 + ndf)
+        + (ndf * 2 * ndf * 9 + 2 * ndf) + 4 * (2 * ndf)
+        + (2 * ndf * 4 * ndf * 9 + 4 * ndf) + 4 * (4 * ndf)
+        + (4 * ndf * 8 * ndf * 9 + 8 * ndf)
+        + (features + 1) * (1 + k)  # real/fake and class heads
+    )  # fmt: skip
+    maps_d = c * s**2 + ndf * s1**2 + 2 * ndf * (s2 + 1) ** 2 + 12 * ndf * s3**2 + 1 + k
+    return params_g, params_d, maps_g, maps_d
+
+
+MODEL_SIZES = {"mlp_gan": _mlp_gan_sizes, "dcgan": _dcgan_sizes, "acgan": _acgan_sizes}
+
+
+def _bytes_text(n: int) -> str:
+    value = n / 2**20
+    for unit in ("MiB", "GiB", "TiB", "PiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.3g} EiB"
 
 
 _SHORT = reprlib.Repr()

@@ -1,11 +1,23 @@
 """Config loading: inheritance, overrides, and errors that name the key and the file."""
 
+import dataclasses
+import math
 import subprocess
 import sys
 
 import pytest
 
-from paddlegan_lite.config import ConfigError, load_config
+from paddlegan_lite import config as config_module
+from paddlegan_lite.config import (
+    MODEL_SIZES,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    estimate_memory,
+    load_config,
+)
 
 CONFIGS = ["mlp_gan_mnist", "dcgan_mnist", "dcgan_cifar10", "dcgan_cifar10_32", "acgan_mnist"]
 
@@ -108,9 +120,159 @@ def test_train_tool_rejects_unknown_key_in_one_line(repo_root):
         timeout=120,
     )
     assert proc.returncode == 2
+    valid = ", ".join(f.name for f in dataclasses.fields(TrainConfig))
+    assert valid.startswith("epochs, max_steps, batch_size, loss, real_label, d_steps")
     assert proc.stderr.strip().splitlines() == [
-        "error: configs/dcgan_mnist.yaml: unknown key 'train.epoch' (valid: epochs, max_steps, "
-        "batch_size, loss, real_label, d_steps, cls_weight, device, output_dir, log_interval, "
-        "sample_interval, save_interval, keep_checkpoints, num_samples, ema_decay, amp)"
+        f"error: configs/dcgan_mnist.yaml: unknown key 'train.epoch' (valid: {valid})"
     ]
     assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# Nothing lost: duplicate keys, repeated overrides, _base_
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "train:\n  batch_size: 16\n  epochs: 2\ntrain:\n  batch_size: 64\n",
+            "line 4: key 'train' given twice (also on line 1)",
+        ),
+        (
+            "train:\n  batch_size: 16\n  batch_size: 64\n",
+            "line 3: key 'train.batch_size' given twice (also on line 2)",
+        ),
+        (
+            "optimizer: {g: {lr: 1, 'lr': 2}}\n",
+            "line 1: key 'optimizer.g.lr' given twice (also on line 1)",
+        ),
+    ],
+)
+def test_duplicate_yaml_keys_are_refused(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "dup.yaml", text))
+    assert str(err.value) == f"{tmp_path / 'dup.yaml'}: {expected}; YAML would keep only the last"
+
+
+def test_yaml_merge_keys_may_be_overridden():
+    text = "adam: &adam {lr: 1.0e-3, beta1: 0.5}\noptimizer:\n  g: {<<: *adam, lr: 2.0e-3}\n"
+    raw = config_module._load_yaml(text, "m.yaml")
+    assert raw["optimizer"]["g"] == {"lr": pytest.approx(2.0e-3), "beta1": 0.5}
+
+
+def test_an_override_given_twice_keeps_the_later(tmp_path):
+    path = write(tmp_path, "c.yaml", "model: {name: dcgan, ngf: 16, ndf: 8}\n")
+    cfg = load_config(path, ["model.ngf=32", "train.epochs=3", "model.ngf=24"])
+    assert (cfg.model.ngf, cfg.train.epochs) == (24, 3)
+
+
+def test_a_mapping_override_merges_into_the_section(tmp_path):
+    path = write(tmp_path, "c.yaml", "model: {name: acgan, num_classes: 10, ngf: 16}\n")
+    cfg = load_config(path, ["model={ngf: 8, ndf: 4}"])
+    assert (cfg.model.name, cfg.model.num_classes, cfg.model.ngf, cfg.model.ndf) == (
+        "acgan",
+        10,
+        8,
+        4,
+    )
+    with pytest.raises(ConfigError, match=r"override 'model=\{ngf: 8, ngf: 4}': .* 'ngf' given"):
+        load_config(path, ["model={ngf: 8, ngf: 4}"])
+
+
+@pytest.mark.parametrize("override", ["train..epochs=1", ".epochs=1", "=3", "train.epochs."])
+def test_malformed_override_keys(tmp_path, override):
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        load_config(write(tmp_path, "c.yaml", "{}\n"), [override])
+
+
+def test_missing_base_names_the_config_that_asked(tmp_path):
+    (tmp_path / "configs").mkdir()
+    path = write(tmp_path, "configs/x.yaml", "_base_: y.yaml\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: _base_ 'y.yaml' not found (looked in {tmp_path / 'configs'})"
+
+
+# ------------------------------------------------------------------------------------------------
+# Requests that cannot fit
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        ModelConfig("mlp_gan", nz=7, hidden=5, image_size=6, channels=3),
+        ModelConfig("dcgan", nz=5, ngf=3, ndf=5, image_size=8, channels=1),
+        ModelConfig("dcgan", nz=5, ngf=3, ndf=5, image_size=32, channels=3),
+        ModelConfig("acgan", nz=6, ngf=3, ndf=2, image_size=28, channels=1, num_classes=10),
+        ModelConfig("acgan", nz=6, ngf=3, ndf=2, image_size=12, channels=3, num_classes=3),
+    ],
+    ids=lambda m: f"{m.name}-{m.image_size}",
+)
+def test_closed_form_parameter_counts_match_the_built_nets(model):
+    from paddlegan_lite.models import build_models
+
+    nets = build_models(model)
+    built = tuple(sum(math.prod(p.shape) for p in net.parameters()) for net in nets)
+    assert MODEL_SIZES[model.name](model)[:2] == built
+
+
+def test_shipped_config_estimate(repo_root):
+    """dcgan_mnist by hand: G maps 256-128-64-32 at 4-8-16-32 px, D maps 32-64-128-256."""
+    est = estimate_memory(load_config(repo_root / "configs/dcgan_mnist.yaml"))
+    bn = 4  # BatchNorm: scale, shift, running mean and variance per channel
+    g = 100 * 256 * 16 + (256 * 128 + 128 * 64 + 64 * 32 + 32) * 16 + bn * (256 + 128 + 64 + 32)
+    d = (32 + 32 * 64 + 64 * 128 + 128 * 256 + 256) * 16 + bn * (64 + 128 + 256)
+    assert (est.params_g, est.params_d) == (g, d) == (1_100_160, 694_528)
+    assert est.parameter_bytes == 4 * 4 * (g + d)  # weights, gradients, Adam's two moments
+    maps_g = 256 * 4**2 + 128 * 8**2 + 64 * 16**2 + 32 * 32**2 + 64**2
+    maps_d = 64**2 + 32 * 32**2 + 64 * 16**2 + 128 * 8**2 + 256 * 4**2 + 1
+    assert est.activation_bytes == 4 * 3 * 64 * (maps_g + 2 * maps_d)
+    assert est.data_bytes == 60_000 * 64**2
+
+
+def test_a_run_that_cannot_fit_is_refused_with_the_numbers(repo_root, monkeypatch):
+    monkeypatch.setattr(config_module, "machine_memory", lambda: 2 * 2**30)
+    with pytest.raises(ConfigError) as err:
+        load_config(repo_root / "configs/dcgan_cifar10.yaml", ["train.batch_size=512"])
+    assert str(err.value) == (
+        f"{repo_root / 'configs/dcgan_cifar10.yaml'}: model.image_size=64, model.nz=100, "
+        "model.ngf=64, model.ndf=64: the run needs about 3.0 GiB (parameters 96.8 MiB, "
+        "activations 2.3 GiB at train.batch_size=512, cifar10 images 585.9 MiB), more than "
+        "this machine's 2.0 GiB"
+    )
+    assert load_config(repo_root / "configs/dcgan_cifar10.yaml").train.batch_size == 128
+
+
+def test_a_checkpoint_config_needs_only_its_weights_to_fit(repo_root, monkeypatch):
+    raw = config_to_dict(load_config(repo_root / "configs/dcgan_cifar10.yaml"))
+    raw["train"]["batch_size"] = 100_000  # would not train in 1 GiB, but the nets fit
+    monkeypatch.setattr(config_module, "machine_memory", lambda: 2**30)
+    assert config_from_dict(raw).train.batch_size == 100_000
+    raw["model"]["ngf"] = 4096
+    with pytest.raises(ConfigError, match="the nets need about .* parameters\\), more than"):
+        config_from_dict(raw, source="ckpt/state.json")
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model.image_size=4096", "model.image_size=4096, model.nz=100, model.ngf=32"),
+        ("model.ngf=1000000", "the run needs about 9.6 PiB (parameters 9.5 PiB"),
+        ("model.nz=2147483648", "'model.nz' must be <= 2147483647, the most a tensor dimension"),
+        ("model.image_size=48", "'model.image_size' must be a power of two >= 8 for dcgan"),
+        ("model.image_size=4", "'model.image_size' must be a power of two >= 8 for dcgan"),
+    ],
+)
+def test_sizes_the_machine_or_the_net_cannot_take(repo_root, override, expected):
+    with pytest.raises(ConfigError, match=r"more than this machine|must be") as err:
+        load_config(repo_root / "configs/dcgan_mnist.yaml", [override])
+    assert expected in str(err.value)
+
+
+def test_acgan_image_size_must_be_a_multiple_of_4(repo_root):
+    with pytest.raises(ConfigError, match="a multiple of 4 for acgan, got 30"):
+        load_config(repo_root / "configs/acgan_mnist.yaml", ["model.image_size=30"])
+    assert load_config(repo_root / "configs/acgan_mnist.yaml", ["model.image_size=32"])

@@ -204,3 +204,45 @@ def test_alias_bomb_gives_a_short_error(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(config)
     assert len(str(err.value)) < 500
+
+
+@pytest.mark.parametrize("style", ["flow", "block"])
+def test_deep_nesting_is_refused_before_python_recursion_runs_out(tmp_path, style):
+    levels = 100_000 if style == "flow" else 200
+    if style == "flow":
+        text = "seed: " + "[" * levels + "]" * levels + "\n"
+    else:
+        text = "".join("  " * i + f"k{i}:\n" for i in range(levels))
+    config = tmp_path / "deep.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=r"deep.yaml: line \d+: nested deeper than 20 levels"):
+        load_config(config)
+
+
+def test_deep_nesting_in_an_override(repo_root):
+    override = "train.epochs=" + "[" * 10_000 + "]" * 10_000
+    with pytest.raises(ConfigError, match=r"override 'train.epochs=\[\[\[.*nested deeper"):
+        load_config(repo_root / "configs/dcgan_mnist.yaml", [override])
+
+
+@pytest.mark.parametrize(
+    "digits, complaint",
+    [
+        (400, r"'seed' must be in \[0, 4294967295\], got 1000"),  # no float: OverflowError
+        (5000, r"not valid YAML \(an integer of more than 4300 digits\)"),  # int() refuses it
+    ],
+)
+def test_integers_too_long_for_a_float_or_a_string(tmp_path, digits, complaint):
+    config = tmp_path / "big.yaml"
+    config.write_text("seed: 1" + "0" * digits + "\n")
+    with pytest.raises(ConfigError, match=complaint) as err:
+        load_config(config)
+    assert len(str(err.value)) < 500
+
+
+def test_a_base_name_too_long_for_the_file_system(tmp_path):
+    config = tmp_path / "a.yaml"
+    config.write_text("_base_: " + "b" * 100_000 + ".yaml\n")
+    with pytest.raises(ConfigError, match=r"a.yaml: _base_ 'bbb.*' not found") as err:
+        load_config(config)
+    assert len(str(err.value)) < 500

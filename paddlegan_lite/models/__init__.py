@@ -1,4 +1,9 @@
-"""Model families by name. A plain dict maps `model.name` to the function that builds the pair."""
+"""Model families by name. A plain dict maps `model.name` to the function that builds the pair.
+
+config.py holds the closed-form parameter count of each family (`MODEL_SIZES`), so a config is
+checked against the machine's memory before Paddle loads; a change to a net's layers must change
+it too (tests/test_config.py builds every family and compares the counts).
+"""
 
 from __future__ import annotations
 
