@@ -6,6 +6,7 @@ package but `errors` and `images` (numpy and Pillow). `Generator(model_dir).gene
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -20,6 +21,12 @@ INFER_CFG = "infer_cfg.yml"
 INFER_CFG_FORMAT = 1
 LATENT_RULE = "z = numpy.random.default_rng(seed).standard_normal(nz).astype(float32)"
 GIF_FRAME_MS = 100
+# One call makes at most this many images (files, grid tiles or walk frames): a typo such as
+# --seeds 0-10000000 is refused in a second instead of writing files for hours.
+MAX_IMAGES = 10_000
+# A grid is built in memory: its tiles plus the canvas, together about twice the tiles. Beyond
+# this it is refused with the size it would need, rather than swapping or dying mid-run.
+GRID_MAX_BYTES = 512 * 2**20
 _INT_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
@@ -28,9 +35,11 @@ class InferenceError(UserError):
 
 
 # ---------------------------------------------------------------------- inputs
-def parse_int_list(text: str, what: str) -> list[int]:
-    """'0-63', '1,5,9' or '0-3,10' -> [0, 1, ..., 63] etc. (inclusive ranges, order kept)."""
-    values = []
+def parse_int_ranges(text: str, what: str) -> list[range]:
+    """'0-63', '1,5,9' or '0-3,10' -> [range(0, 64)] etc. (inclusive ranges, order kept).
+
+    Ranges stay lazy, so a huge range is counted (and refused) without being built."""
+    ranges = []
     for part in str(text).split(","):
         match = _INT_RANGE.match(part.strip())
         if not match:
@@ -42,8 +51,73 @@ def parse_int_list(text: str, what: str) -> list[int]:
         high = int(match.group(2)) if match.group(2) else low
         if high < low:
             raise InferenceError(f"{what} {text!r}: the range {part.strip()} runs backwards")
-        values.extend(range(low, high + 1))
-    return values
+        ranges.append(range(low, high + 1))
+    return ranges
+
+
+def count_unique(ranges: list[range]) -> int:
+    """How many distinct values the ranges hold (overlaps counted once), without listing them."""
+    total, end = 0, -1
+    for r in sorted(ranges, key=lambda r: r.start):
+        if r.stop > end:
+            total += r.stop - max(r.start, end)
+            end = r.stop
+    return total
+
+
+def parse_int_list(text: str, what: str, limit: int | None = None) -> list[int]:
+    """'0-63', '1,5,9' or '0-3,10' -> [0, 1, ..., 63] etc.: each value once, first order kept.
+
+    More than `limit` distinct values is an InferenceError naming the count and the limit."""
+    ranges = parse_int_ranges(text, what)
+    count = count_unique(ranges)
+    if limit is not None and count > limit:
+        raise InferenceError(
+            f"{what} {text} names {count:,} values; one call takes at most {limit:,} "
+            "(split them over several calls)"
+        )
+    return list(dict.fromkeys(v for r in ranges for v in r))
+
+
+def check_image_count(count: int, what: str) -> None:
+    """Refuse more than MAX_IMAGES images in one call."""
+    if count > MAX_IMAGES:
+        raise InferenceError(
+            f"{what} makes {count:,} images; one call makes at most {MAX_IMAGES:,} "
+            "(MAX_IMAGES): split the seeds over several calls"
+        )
+
+
+def grid_bytes(count: int, image_shape, nrow: int | None = None, pad: int = 2) -> int:
+    """Memory a grid of `count` images (C, H, W) takes while it is built: tiles plus canvas."""
+    channels, height, width = image_shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(count)))
+    rows = math.ceil(count / nrow)
+    canvas = (rows * (height + pad) + pad) * (nrow * (width + pad) + pad) * channels
+    return count * channels * height * width + canvas
+
+
+def check_grid_size(
+    count: int, image_shape, nrow: int | None = None, what: str = "--grid", advice: str = ""
+) -> None:
+    """Refuse a grid (or GIF) beyond GRID_MAX_BYTES, naming what it would need and how many fit."""
+    need = grid_bytes(count, image_shape, nrow)
+    if need <= GRID_MAX_BYTES:
+        return
+    low, high = 1, count  # the largest count that fits, for the message (same rows if nrow)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if grid_bytes(mid, image_shape, nrow) <= GRID_MAX_BYTES:
+            low = mid
+        else:
+            high = mid - 1
+    shape = "x".join(str(v) for v in image_shape)
+    advice = advice or "draw fewer seeds for the grid, or write only files with --output_dir"
+    raise InferenceError(
+        f"{what} of {count:,} images of {shape} needs {need / 2**20:,.0f} MiB in memory; "
+        f"the limit is {GRID_MAX_BYTES / 2**20:,.0f} MiB (GRID_MAX_BYTES), about {low:,} such "
+        f"images: {advice}"
+    )
 
 
 def seed_latents(seeds, nz: int) -> np.ndarray:
@@ -78,8 +152,9 @@ def read_infer_cfg(model_dir: str | Path) -> dict:
     """Read and check `<model_dir>/infer_cfg.yml`; every problem is one InferenceError line."""
     model_dir = Path(model_dir).expanduser()
     if not model_dir.is_dir():
+        state = "is a file, not a folder" if model_dir.exists() else "does not exist"
         raise InferenceError(
-            f"model folder {model_dir} does not exist (export one with tools/export_model.py)"
+            f"model folder {model_dir} {state} (export one with tools/export_model.py)"
         )
     path = model_dir / INFER_CFG
     if not path.is_file():
@@ -326,25 +401,39 @@ def save_seed_images(
     labels: list[int] | None = None,
     output_dir: str | Path | None = None,
     grid_path: str | Path | None = None,
+    progress=None,
 ) -> list[Path]:
-    """One PNG per (seed, label) in output_dir and/or one grid PNG; returns the paths written."""
+    """One PNG per (seed, label) in output_dir and/or one grid PNG; returns the paths written.
+
+    Files are written as each batch finishes; `progress(done, total)` is called after each.
+    At most MAX_IMAGES images, and a grid within GRID_MAX_BYTES (checked before any work)."""
+    what = f"{len(seeds):,} seed(s)"
+    if labels is not None:
+        what += f" x {len(labels):,} label(s)"
     seeds, labels, nrow = pair_seeds_labels(seeds, labels)
-    written, tiles = [], []
-    step = generator.batch_size  # files are written as each batch finishes, not all at the end
-    for start in range(0, len(seeds), step):
+    total = len(seeds)
+    check_image_count(total, what)
+    if grid_path:
+        check_grid_size(total, generator.image_shape, nrow)
+        channels, height, width = generator.image_shape
+        tiles = np.empty((total, height, width, channels), dtype=np.uint8)
+    written = []
+    step = generator.batch_size
+    for start in range(0, total, step):
         chunk_seeds = seeds[start : start + step]
         chunk_labels = None if labels is None else labels[start : start + step]
         images = generator.generate(chunk_seeds, chunk_labels)
         if grid_path:
-            tiles.append(images)
+            tiles[start : start + len(images)] = images
         if output_dir:
             for i, image in enumerate(images):
                 label = None if chunk_labels is None else chunk_labels[i]
-                written.append(
-                    save_png(Path(output_dir) / image_name(chunk_seeds[i], label), image)
-                )
+                path = Path(output_dir) / image_name(chunk_seeds[i], label)
+                written.append(_write(save_png, path, image))
+        if progress is not None:
+            progress(start + len(images), total)
     if grid_path:
-        written.append(save_png(grid_path, make_grid(np.concatenate(tiles), nrow=nrow)))
+        written.append(_write(save_png, grid_path, make_grid(tiles, nrow=nrow)))
     return written
 
 
@@ -360,16 +449,26 @@ def save_latent_walk(
     """`steps` frames on the arc from seed_a's latent to seed_b's, as PNG frames and/or a GIF."""
     if steps < 2:
         raise InferenceError(f"--steps must be >= 2 (both ends are frames), got {steps}")
+    if steps > MAX_IMAGES:
+        raise InferenceError(
+            f"--steps {steps:,}: a walk has at most {MAX_IMAGES:,} frames (MAX_IMAGES)"
+        )
+    if gif_path:
+        # a GIF holds its frames in memory, as a grid its tiles
+        check_grid_size(steps, generator.image_shape, what="--gif", advice="use fewer --steps")
     a, b = seed_latents([seed_a, seed_b], generator.nz)
     z = np.stack([slerp(a, b, t) for t in np.linspace(0.0, 1.0, steps)])
-    frames = generator.generate(z=z, labels=label)
-    written = []
-    if output_dir:
-        for i, frame in enumerate(frames):
-            name = f"walk_seed{seed_a:04d}-seed{seed_b:04d}_{i:03d}.png"
-            written.append(save_png(Path(output_dir) / name, frame))
+    written, frames = [], []
+    for start in range(0, steps, generator.batch_size):
+        batch = generator.generate(z=z[start : start + generator.batch_size], labels=label)
+        if gif_path:
+            frames.append(batch)
+        if output_dir:
+            for i, frame in enumerate(batch, start):
+                name = f"walk_seed{seed_a:04d}-seed{seed_b:04d}_{i:03d}.png"
+                written.append(_write(save_png, Path(output_dir) / name, frame))
     if gif_path:
-        written.append(save_gif(gif_path, frames))
+        written.append(_write(save_gif, gif_path, np.concatenate(frames)))
     return written
 
 
@@ -383,3 +482,13 @@ def save_gif(path: str | Path, frames: np.ndarray, frame_ms: int = GIF_FRAME_MS)
     images = [Image.fromarray(f[:, :, 0] if f.shape[2] == 1 else f) for f in frames]
     images[0].save(path, save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
     return path
+
+
+def _write(save, path, image) -> Path:
+    """save(path, image), with a failed write (disk full, no permission, a file where a folder
+    should be, a suffix Pillow has no format for) as one InferenceError line."""
+    try:
+        return save(path, image)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InferenceError(f"cannot write {path} ({reason})") from None

@@ -4,6 +4,7 @@ the evaluation behind it: which real images play which part, and that a generato
 held-out images scores exactly the floor."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from data_files import write_mnist_idx
 from paddlegan_lite import evaluation
 from paddlegan_lite.config import DataConfig, EvalConfig
 from paddlegan_lite.datasets import build_dataset
+from paddlegan_lite.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/acgan_mnist.yaml"
@@ -215,3 +217,45 @@ def test_a_generator_of_heldout_images_scores_the_floor_and_noise_does_not(run, 
     bad = evaluator(noise)
     assert bad["fid"] > 10 * floor["fid"]
     assert bad["precision"] == pytest.approx(0.0, abs=0.05)
+
+
+# ---------------------------------------------------------------------- other data, failed writes
+def test_eval_against_other_data_warns_once(run, checkpoint_report, tmp_path):
+    """The same run's data: no warning. Another data.root (here a copy, so the cached classifier
+    serves): one warning line naming both, and the evaluation still runs."""
+    proc, _ = checkpoint_report
+    assert "other data" not in proc.stdout
+
+    shutil.copytree(run["root"] / "mnist", tmp_path / "mnist")
+    args = eval_args("-c", CONFIG, "-o", f"data.root={tmp_path / 'mnist'}", "data.download=false")
+    proc = run_tool(
+        "tools/eval.py",
+        *args,
+        "--checkpoint",
+        run["checkpoint"],
+        "--output",
+        tmp_path / "eval.json",
+        cache=run["cache"],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [line for line in proc.stdout.splitlines() if "other data" in line]
+    assert len(warnings) == 1
+    assert f"data.root {run['root'] / 'mnist'} vs {tmp_path / 'mnist'}" in warnings[0]
+
+
+def test_other_data_warning_names_what_differs():
+    saved = {"data": {"name": "mnist", "root": "/data/mnist"}, "model": {"channels": 1}}
+    assert evaluation.other_data_warning(saved, DataConfig(root="/data/mnist")) is None
+    assert evaluation.other_data_warning(saved, DataConfig(root="/data/mnist"), channels=1) is None
+    cifar = DataConfig(name="cifar10", root="/data/cifar10")
+    warning = evaluation.other_data_warning(saved, cifar, channels=3)
+    assert "data.name mnist vs cifar10" in warning
+    assert "data.root /data/mnist vs /data/cifar10" in warning
+    assert "channels 1 vs 3" in warning
+    assert evaluation.other_data_warning({}, cifar, channels=3) is None  # nothing saved: no claim
+
+
+def test_a_failed_report_write_is_one_user_error(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match=r"cannot write the report .*a_file/eval.json \("):
+        evaluation.write_report({"fid": 1.0}, tmp_path / "a_file" / "eval.json")

@@ -2,6 +2,7 @@
 the dynamic-graph generator, for any batch size, and the export must refuse what it cannot honour.
 """
 
+import copy
 import logging
 import subprocess
 import sys
@@ -12,12 +13,13 @@ import paddle
 import pytest
 import yaml
 from data_files import write_cifar10_tarball, write_mnist_idx
+from paddle import nn
 
-from paddlegan_lite import export
+from paddlegan_lite import export, inference
 from paddlegan_lite.config import config_to_dict, load_config
 from paddlegan_lite.inference import Generator, seed_latents
 from paddlegan_lite.models import build_models
-from paddlegan_lite.trainer import train
+from paddlegan_lite.trainer import build_trainer, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STEPS = 3
@@ -242,3 +244,141 @@ def test_onnx_is_skipped_with_a_message_without_paddle2onnx(exported, monkeypatc
     assert result is None
     assert "ONNX export skipped" in caplog.text and "pip install paddle2onnx" in caplog.text
     assert not (model_dir / "inference.onnx").exists()
+
+
+# ---------------------------------------------------------------------- the reference and TF32
+def test_reference_runs_on_cpu_in_float32_whatever_the_current_device(exported, monkeypatch):
+    """With the current device reported as a GPU and a float64 net, the reference still runs on
+    a CPU place in float32 (a GPU would run it in TF32), and the device is put back after."""
+    _, checkpoint, _ = exported["acgan_mnist"]
+    netG, _, _, _ = export.load_generator(checkpoint)
+    z, labels = some_inputs(netG.num_classes, 4)
+    expected = export.run_dynamic(netG, z, labels)
+
+    current = ["gpu:0"]
+    real_set_device = paddle.set_device
+
+    def set_device(device):
+        current[0] = device
+        if device == "cpu":
+            real_set_device("cpu")
+
+    monkeypatch.setattr(paddle, "get_device", lambda: current[0])
+    monkeypatch.setattr(paddle, "set_device", set_device)
+    net64 = copy.deepcopy(netG).to(dtype="float64")
+    seen = []
+
+    def record(layer, inputs):  # copied with the net, so it sees whatever net really runs
+        x = inputs[0]
+        seen.append((current[0], x.place.is_cpu_place(), x.dtype, layer.weight.dtype))
+
+    for layer in net64.sublayers():
+        if isinstance(layer, (nn.Linear, nn.Conv2D, nn.Conv2DTranspose)):
+            layer.register_forward_pre_hook(record)
+
+    actual = export.run_dynamic(net64, z, labels)
+    assert len(seen) == 4  # the linear layer and three convolutions
+    assert set(seen) == {("cpu", True, paddle.float32, paddle.float32)}
+    assert current == ["gpu:0"]  # the caller's device is back
+    assert {p.dtype for p in net64.parameters()} == {paddle.float64}  # the caller's net untouched
+    assert actual.dtype == np.float32
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6)
+
+
+def to_tf32(array: np.ndarray) -> np.ndarray:
+    """float32 rounded to TF32 as Ampere tensor cores read it: the low 13 of float32's 23
+    mantissa bits zeroed, 10 kept."""
+    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
+    return (bits & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def tf32_generator(netG):
+    """A copy of netG whose weights and matmul/conv inputs are TF32-rounded: float32 math as an
+    Ampere GPU does it by default (products of TF32 operands, float32 sums)."""
+    net = copy.deepcopy(netG)
+    for param in net.parameters():
+        param.set_value(to_tf32(param.numpy()))
+
+    def round_inputs(layer, inputs):
+        return tuple(paddle.to_tensor(to_tf32(x.numpy())) for x in inputs)
+
+    for layer in net.sublayers():
+        if isinstance(layer, (nn.Linear, nn.Conv2D, nn.Conv2DTranspose)):
+            layer.register_forward_pre_hook(round_inputs)
+    return net
+
+
+@pytest.fixture(scope="module")
+def untrained_acgan(tmp_path_factory):
+    """(checkpoint, netG) of an untrained AC-GAN with Paddle's default init (init_std=0): larger
+    activations than N(0, 0.02), so TF32 rounding shows clearly (~5e-4 here)."""
+    run_dir = tmp_path_factory.mktemp("tf32") / "run"
+    overrides = TINY["acgan_mnist"] + ["model.init_std=0", f"train.output_dir={run_dir}"]
+    cfg = load_config(REPO_ROOT / "configs" / "acgan_mnist.yaml", overrides)
+    checkpoint = build_trainer(cfg, dataset=None).save()
+    return checkpoint, export.load_generator(checkpoint)[0]
+
+
+def test_a_tf32_reference_fails_the_float32_check_and_the_cpu_reference_passes(
+    untrained_acgan, tmp_path
+):
+    checkpoint, netG = untrained_acgan
+    export.export_model(checkpoint, tmp_path / "out")
+    z, labels = export.check_inputs(netG, export.CHECK_BATCH)
+    cpu_reference = export.run_dynamic(netG, z, labels)
+    tf32_reference = export.run_dynamic(tf32_generator(netG), z, labels)
+    tf32_diff = np.abs(tf32_reference - cpu_reference).max()
+    assert export.TOLERANCE < tf32_diff < export.GPU_TOLERANCE
+
+    # what export did with a GPU as the current device: a good model refused
+    with pytest.raises(export.ExportError, match="differs from the dynamic-graph generator"):
+        export.check_paddle_inference(tmp_path / "out", z, labels, tf32_reference)
+    # the CPU float32 reference holds the CPU predictor to 1e-4
+    diff = export.check_paddle_inference(tmp_path / "out", z, labels, cpu_reference)
+    assert diff == pytest.approx(0.0, abs=1e-6)
+
+
+class FakeGPUGenerator(Generator):
+    """The predictor on device "gpu" gives `gpu_outputs(z, labels)`; on "cpu" the real one."""
+
+    gpu_outputs = None
+
+    def __init__(self, model_dir, device="cpu", *args, **kwargs):
+        super().__init__(model_dir, "cpu", *args, **kwargs)
+        self.device = device
+
+    def run(self, z, labels=None):
+        if self.device == "cpu":
+            return super().run(z, labels)
+        return type(self).gpu_outputs(z, labels)
+
+
+def test_gpu_predictor_is_checked_at_the_tf32_tolerance(untrained_acgan, tmp_path, monkeypatch):
+    checkpoint, netG = untrained_acgan
+    tf32_net = tf32_generator(netG)
+    monkeypatch.setattr(export, "gpu_available", lambda: True)
+    monkeypatch.setattr(inference, "Generator", FakeGPUGenerator)
+
+    FakeGPUGenerator.gpu_outputs = lambda z, labels: export.run_dynamic(tf32_net, z, labels)
+    infer_cfg = export.export_model(checkpoint, tmp_path / "tf32")
+    check = infer_cfg["check"]
+    assert check["gpu_tolerance"] == export.GPU_TOLERANCE
+    assert export.TOLERANCE < check["paddle_inference_gpu_max_abs_diff"] < export.GPU_TOLERANCE
+    assert check["paddle_inference_max_abs_diff"] == pytest.approx(0.0, abs=1e-6)
+
+    # a GPU predictor that is wrong beyond TF32's rounding still fails the export
+    FakeGPUGenerator.gpu_outputs = lambda z, labels: (
+        export.run_dynamic(tf32_net, z, labels) + 2 * export.GPU_TOLERANCE
+    )
+    with pytest.raises(export.ExportError, match="Paddle Inference on gpu model differs"):
+        export.export_model(checkpoint, tmp_path / "wrong")
+    assert not (tmp_path / "wrong" / "infer_cfg.yml").exists()
+
+
+def test_a_failed_write_is_one_export_error(exported, tmp_path, monkeypatch):
+    """A write that fails after the up-front check (disk full, a file put in the way)."""
+    _, checkpoint, _ = exported["dcgan_mnist"]
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setattr(export, "check_output_dir", lambda *args: None)
+    with pytest.raises(export.ExportError, match="cannot write the model to .*a_file/out"):
+        export.export_model(checkpoint, tmp_path / "a_file" / "out")

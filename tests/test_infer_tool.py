@@ -1,5 +1,6 @@
 """tools/infer.py run as a user runs it, on models trained a few steps and exported once."""
 
+import errno
 import json
 import shutil
 import subprocess
@@ -11,9 +12,18 @@ import pytest
 from data_files import write_mnist_idx
 from PIL import Image
 
+from paddlegan_lite import inference
 from paddlegan_lite.config import load_config
 from paddlegan_lite.export import export_model
-from paddlegan_lite.inference import Generator
+from paddlegan_lite.inference import (
+    Generator,
+    InferenceError,
+    count_unique,
+    grid_bytes,
+    parse_int_list,
+    parse_int_ranges,
+    save_seed_images,
+)
 from paddlegan_lite.trainer import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -212,3 +222,50 @@ def test_inference_imports_no_training_code(models):
         "paddlegan_lite.inference",
     }
     assert set(result["mods"]) == allowed
+
+
+def test_a_seed_named_twice_is_drawn_once_and_counted_once(models, tmp_path):
+    proc = run_infer(
+        "--model_dir", models["dcgan_mnist"], "--seeds", "5,5,3-6", "--output_dir", tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"seed{s:04d}.png" for s in (3, 4, 5, 6)]
+    assert "names 6 values, 4 distinct" in proc.stdout
+    assert "wrote 4 file(s)" in proc.stdout
+
+
+def test_ranges_are_counted_without_being_built():
+    ranges = parse_int_ranges("0-99999999999999,5,10-20", "--seeds")
+    assert count_unique(ranges) == 100_000_000_000_000  # 5 and 10-20 lie inside the first
+    assert count_unique(parse_int_ranges("3-6,5,8,1-2", "--seeds")) == 7
+    assert parse_int_list("5,5,3-6,1", "--seeds") == [5, 3, 4, 6, 1]  # first order kept
+    with pytest.raises(InferenceError, match="names 11 values; one call takes at most 10"):
+        parse_int_list("0-10", "--seeds", limit=10)
+    assert parse_int_list("0-9,0-9", "--seeds", limit=10) == list(range(10))
+
+
+def test_grid_over_the_memory_limit_is_refused_before_any_image(models, monkeypatch, tmp_path):
+    gen = Generator(models["dcgan_mnist"])
+    made = []
+    monkeypatch.setattr(gen, "generate", lambda *args: made.append(args))
+    need = grid_bytes(100, gen.image_shape)
+    monkeypatch.setattr(inference, "GRID_MAX_BYTES", need - 1)
+    with pytest.raises(InferenceError, match="--grid of 100 images of 1x64x64 needs"):
+        save_seed_images(gen, list(range(100)), grid_path=tmp_path / "g.png")
+    assert made == [] and not (tmp_path / "g.png").exists()
+
+
+def test_a_failed_write_is_one_line_and_progress_is_reported(models, monkeypatch, tmp_path):
+    gen = Generator(models["dcgan_mnist"], batch_size=2)
+    seen = []
+    written = save_seed_images(
+        gen, [0, 1, 2], output_dir=tmp_path, progress=lambda *done: seen.append(done)
+    )
+    assert len(written) == 3 and seen == [(2, 3), (3, 3)]
+
+    def disk_full(path, image):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(inference, "save_png", disk_full)
+    with pytest.raises(InferenceError, match=r"cannot write .*seed0000.png \(No space left"):
+        save_seed_images(gen, [0], output_dir=tmp_path / "full")

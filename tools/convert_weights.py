@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 import paddlegan_lite  # noqa: F401  (sets CPU math flags before Paddle loads)
-from paddlegan_lite.cli import add_config_args, run_tool
+from paddlegan_lite.cli import add_config_args, check_output_dir, run_tool
 from paddlegan_lite.errors import UserError
 from paddlegan_lite.logger import log
 
@@ -61,6 +61,9 @@ def main() -> int:
         cfg.train.output_dir = args.output_dir
     if args.step < 0:
         raise UserError(f"--step must be >= 0, got {args.step}")
+    # before the (slow, unpickling) read: a run folder that cannot be written is refused first
+    where = "--output_dir" if args.output_dir else "train.output_dir"
+    check_output_dir(cfg.train.output_dir, where)
     state_dicts = pick_state_dicts(read_trusted_pdparams(Path(args.weights)), args.net)
     path = write_checkpoint(cfg, state_dicts, args.step)
     kept = [f"{NETS[n]} left at its seeded initialisation" for n in NETS if n not in state_dicts]

@@ -6,8 +6,9 @@ beside the floor that real held-out images reach.
   python tools/eval.py --model_dir inference/dcgan_cifar10 --data configs/dcgan_cifar10.yaml
 
 The real images come from the data: section of --data (or -c, or else the model's own saved
-config). Features come from a small classifier trained on the data's labels on first use and
-cached (default), or from InceptionV3 with --extractor inception --inception_weights FILE.
+config); data other than the model was trained on is evaluated with a warning. Features come
+from a small classifier trained on the data's labels on first use and cached (default), or from
+InceptionV3 with --extractor inception --inception_weights FILE.
 """
 
 import argparse
@@ -18,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 import paddlegan_lite  # noqa: F401  (sets CPU math flags before Paddle loads)
-from paddlegan_lite.cli import add_config_args, run_tool
+from paddlegan_lite.cli import add_config_args, check_output_file, run_tool
 from paddlegan_lite.errors import UserError
 
 
@@ -49,6 +50,8 @@ def main() -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, gpu or gpu:N")
     parser.add_argument("--output", help="JSON report (default: beside the model)")
     args = parser.parse_args()
+    if args.output:  # refused now, not after the evaluation
+        check_output_file(args.output, None, "--output")
 
     from paddlegan_lite import evaluation
     from paddlegan_lite.config import EvalConfig, config_from_dict, load_config
@@ -65,8 +68,10 @@ def main() -> int:
         model = evaluation.load_checkpoint_model(args.checkpoint, args.device, args.weights)
     else:
         model = evaluation.load_model_dir(args.model_dir, args.device, args.batch_size)
+    data_channels = None
     if config_path:
-        data_cfg = load_config(config_path, args.override).data
+        data_config = load_config(config_path, args.override)
+        data_cfg, data_channels = data_config.data, data_config.model.channels
     elif model.config:
         data_cfg = config_from_dict(model.config, source=model.info["path"]).data
     else:
@@ -80,9 +85,11 @@ def main() -> int:
         classifier_steps=args.classifier_steps or CLASSIFIER_STEPS,
         cache_dir=args.cache_dir or "",
     )
-    report = evaluation.run_eval(model, data_cfg, options)
-    print(evaluation.format_report(report))
     output = Path(args.output) if args.output else default_output(model.info)
+    if not args.output:
+        check_output_file(output, None, "the default --output")
+    report = evaluation.run_eval(model, data_cfg, options, data_channels)
+    print(evaluation.format_report(report))
     print(f"report: {evaluation.write_report(report, output)}")
     return 0
 

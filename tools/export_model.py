@@ -5,7 +5,8 @@
 
 The model is built from the checkpoint's own saved config; -c (with its -o overrides) is only
 checked against it. The export is reloaded with Paddle Inference and compared with the dynamic
-graph on fixed noise; a difference beyond the tolerance fails the export.
+graph (run on CPU in float32) on fixed noise; a difference beyond the tolerance fails the export.
+With a GPU present, the GPU predictor is checked too, at a tolerance that allows for TF32.
 """
 
 import argparse
@@ -16,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 import paddlegan_lite  # noqa: F401  (sets CPU math flags before Paddle loads)
-from paddlegan_lite.cli import add_config_args, run_tool
+from paddlegan_lite.cli import add_config_args, check_output_dir, run_tool
 from paddlegan_lite.errors import UserError
 
 
@@ -41,6 +42,8 @@ def main() -> int:
         "(skipped with a message where they are not installed)",
     )
     args = parser.parse_args()
+    if args.output_dir:  # refused before Paddle loads (the default is checked once it is known)
+        check_output_dir(args.output_dir, "--output_dir")
 
     from paddlegan_lite.config import load_config
     from paddlegan_lite.export import export_model

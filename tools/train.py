@@ -16,7 +16,8 @@ def main() -> int:
     parser.add_argument(
         "--resume",
         default=None,
-        help="checkpoint folder to continue from, or 'auto' for the run folder's newest",
+        help="checkpoint folder to continue from, or a run folder (its newest complete "
+        "checkpoint), or 'auto' for this run's newest",
     )
     args = parser.parse_args()
 
