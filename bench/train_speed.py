@@ -1,10 +1,13 @@
 """Training speed: paddlegan_lite's real trainer beside a PyTorch reference of the same nets.
 
-  python bench/train_speed.py [--configs dcgan_mnist ...] [--reps 2] [--torch_threads N]
+  python bench/train_speed.py [--configs dcgan_mnist ...] [--reps 2] [--threads default 1 all]
 
 For each seed config, one process runs `build_trainer(cfg, dataset).fit()` (data loading, logging,
 metrics.jsonl and all) and another runs bench/torch_reference.py on the same images, batch and
 step count; runs alternate (paddle, torch, paddle, torch, ...) so both see the same machine load.
+Thread settings: `default` gives each framework its own default (ours: train.threads=0, every
+physical core; PyTorch: torch's default, also every physical core), `1` and `all` set both to
+one thread or to every physical core. OMP_NUM_THREADS is removed from the children's environment.
 Images/s counts every step after the first log interval (the warm-up). Each run is a fresh
 process, so peak RSS (VmHWM) is per framework and config. Prints a markdown table.
 """
@@ -32,7 +35,9 @@ STEPS = {
     "dcgan_mnist": (5, 4),
     "acgan_mnist": (5, 4),
     "dcgan_cifar10": (3, 2),
+    "dcgan_cifar10_32": (10, 4),
 }
+THREAD_SETTINGS = ("default", "1", "all")
 
 
 def main() -> int:
@@ -42,20 +47,15 @@ def main() -> int:
     parser.add_argument("--configs", nargs="+", default=list(STEPS), choices=list(STEPS))
     parser.add_argument("--reps", type=int, default=2, help="alternating runs per framework")
     parser.add_argument(
-        "--torch_threads",
-        type=int,
-        default=-1,
-        help="-1 (default): as many as Paddle uses; 0: PyTorch's own default",
+        "--threads",
+        nargs="+",
+        default=list(THREAD_SETTINGS),
+        choices=THREAD_SETTINGS,
+        help="thread settings to compare (see above)",
     )
     parser.add_argument("--cifar_root", default=str(REPO_ROOT.parent / "shared/data/cifar10-mini"))
-    parser.add_argument(
-        "--prototype",
-        nargs="*",
-        default=[],
-        choices=sorted(PROTOTYPES),
-        help="trainer changes to try (patched in the paddle runs only, see PROTOTYPES)",
-    )
     parser.add_argument("--role", default="main", choices=("main", "prepare", "paddle", "torch"))
+    parser.add_argument("--thread_count", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default="")
     parser.add_argument(
         "-o", "--override", nargs="+", default=[], help="extra config overrides for every run"
@@ -72,37 +72,44 @@ def main() -> int:
 
 # ---------------------------------------------------------------------------------- orchestration
 def orchestrate(args) -> list[dict]:
-    """Prepare each config once, then alternate paddle and torch runs `reps` times."""
-    rows = {name: {"config": name, "paddle": [], "torch": [], "load": []} for name in args.configs}
+    """Prepare each config once, then alternate paddle and torch runs `reps` times per thread
+    setting; one row per (config, setting)."""
+    from paddlegan_lite.runtime import physical_cores
+
+    cores = physical_cores()
+    counts = {"default": 0, "1": 1, "all": cores}  # 0: the framework's own default
+    rows = {}
     for name in args.configs:
-        info = child(args, "prepare", name)
-        rows[name].update({k: v for k, v in info.items() if k not in ("load", "rss_mb")})
-    if args.torch_threads < 0:  # same cores for both, unless asked otherwise
-        args.torch_threads = int(rows[args.configs[0]]["threads"])
+        info = child(args, "prepare", name, 0)
+        info = {k: v for k, v in info.items() if k not in ("load", "rss_mb")}
+        for setting in args.threads:
+            rows[name, setting] = {
+                "config": name, "setting": setting, "paddle": [], "torch": [], "load": [], **info
+            }  # fmt: skip
     for rep in range(args.reps):
-        for name in args.configs:
+        for (name, setting), row in rows.items():
             for role in ("paddle", "torch"):
-                result = child(args, role, name)
-                rows[name][role].append(result)
-                rows[name]["load"].append(result["load"])
+                result = child(args, role, name, counts[setting])
+                row[role].append(result)
+                row["load"].append(result["load"])
                 print(
-                    f"rep {rep} {name} {role}: {result['img_s']:.1f} img/s, "
-                    f"peak RSS {result['rss_mb']:.0f} MB, load {result['load']:.2f}",
+                    f"rep {rep} {name} threads={setting} {role}: {result['img_s']:.1f} img/s "
+                    f"({result['threads']} threads), peak RSS {result['rss_mb']:.0f} MB, "
+                    f"load {result['load']:.2f}",
                     file=sys.stderr,
                     flush=True,
                 )
     return list(rows.values())
 
 
-def child(args, role: str, name: str) -> dict:
+def child(args, role: str, name: str, threads: int) -> dict:
     """Run one role in a fresh process; its last stdout line is a JSON result."""
     cmd = [sys.executable, __file__, "--role", role, "--configs", name, "--workdir", args.workdir]
-    cmd += ["--torch_threads", str(args.torch_threads), "--cifar_root", args.cifar_root]
-    if args.prototype:
-        cmd += ["--prototype", *args.prototype]
+    cmd += ["--thread_count", str(threads), "--cifar_root", args.cifar_root]
     if args.override:
         cmd += ["-o", *args.override]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, env=env)
     if done.returncode:
         raise SystemExit(f"{role} {name} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -114,12 +121,10 @@ def run_role(args) -> int:
     name = args.configs[0]
     work = Path(args.workdir) / name
     if args.role == "torch":
-        result = run_torch(work, args.torch_threads)
+        result = run_torch(work, args.thread_count)
     else:
         import paddlegan_lite  # noqa: F401  (CPU math set-up before Paddle loads)
 
-        for proto in args.prototype:
-            PROTOTYPES[proto]()
         result = (
             prepare(name, work, args) if args.role == "prepare" else run_paddle(name, work, args)
         )
@@ -135,6 +140,7 @@ def bench_config(name: str, run_dir: Path, args):
 
     warmup, intervals = STEPS[name]
     overrides = [
+        f"train.threads={args.thread_count}",
         "data.download=false",
         f"train.output_dir={run_dir}",
         "train.epochs=0",
@@ -159,9 +165,11 @@ def prepare(name: str, work: Path, args) -> dict:
     import numpy as np
 
     from paddlegan_lite.config import config_to_dict
+    from paddlegan_lite.runtime import use_cpu_threads
     from paddlegan_lite.trainer import EpochBatchSampler, build_trainer
 
     cfg = bench_config(name, work / "prepare", args)
+    threads, _ = use_cpu_threads(cfg.train.threads)
     dataset = build_data(cfg)
     work.mkdir(parents=True, exist_ok=True)
     np.savez(work / "data.npz", images=dataset.images, labels=dataset.labels)
@@ -174,8 +182,20 @@ def prepare(name: str, work: Path, args) -> dict:
         "gflop_step": step_flops(trainer) / 1e9,
         "gemm_gflop_s": gemm_gflops(),
         "data": dataset.source,
-        "threads": paddle_threads(),
+        "full_run_steps": shipped_run_steps(name, args, len(dataset)),
     }
+
+
+def shipped_run_steps(name: str, args, num_images: int) -> int:
+    """Steps of the shipped config's whole run (epochs or max_steps): its minutes at a speed."""
+    from paddlegan_lite.config import load_config
+    from paddlegan_lite.trainer import GANTrainer
+
+    overrides = [f"data.root={args.cifar_root}"] if "cifar" in name else []
+    cfg = load_config(REPO_ROOT / "configs" / f"{name}.yaml", overrides)
+    trainer = GANTrainer.__new__(GANTrainer)  # total_steps reads only the config
+    trainer.cfg = cfg
+    return trainer.total_steps(num_images // cfg.train.batch_size)
 
 
 def loader_images_per_sec(trainer, sampler) -> float:
@@ -236,16 +256,14 @@ def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def paddle_threads() -> str:
-    return os.environ.get("OMP_NUM_THREADS", "?")
-
-
 def run_paddle(name: str, work: Path, args) -> dict:
     """The real trainer, then images/s over the rows of metrics.jsonl after the first."""
+    from paddlegan_lite.runtime import use_cpu_threads
     from paddlegan_lite.trainer import build_trainer
 
     run_dir = work / f"paddle_{time.time_ns()}"
     cfg = bench_config(name, run_dir, args)
+    threads, _ = use_cpu_threads(cfg.train.threads)  # as tools/train.py does
     trainer = build_trainer(cfg, build_data(cfg))
     cpu_marks = watch_cpu_time(trainer)
     trainer.fit()
@@ -257,7 +275,12 @@ def run_paddle(name: str, work: Path, args) -> dict:
     import paddle
 
     cpu = cpu_marks[-1] - cpu_marks[0]
-    return {"img_s": images / seconds, "img_cpu_s": images / cpu, "version": paddle.__version__}
+    return {
+        "img_s": images / seconds,
+        "img_cpu_s": images / cpu,
+        "version": paddle.__version__,
+        "threads": threads,
+    }
 
 
 def watch_cpu_time(trainer) -> list[float]:
@@ -271,42 +294,6 @@ def watch_cpu_time(trainer) -> list[float]:
 
     trainer.log_metrics = logged
     return marks
-
-
-# ---------------------------------------------------------------------------------- prototypes
-def direct_batches() -> None:
-    """GANTrainer.make_loader: with no workers, one vectorised `dataset.get_batch` per batch
-    instead of DataLoader's per-item __getitem__ + collate (same values, same order)."""
-    import paddle
-
-    from paddlegan_lite.trainer import GANTrainer
-
-    stock = GANTrainer.make_loader
-
-    def make_loader(self, sampler):
-        if self.cfg.data.num_workers or not hasattr(self.dataset, "get_batch"):
-            return stock(self, sampler)
-        return (
-            tuple(paddle.to_tensor(a) for a in self.dataset.get_batch(indices))
-            for indices in sampler
-        )
-
-    GANTrainer.make_loader = make_loader
-
-
-def multi_tensor_adam() -> None:
-    """build_optimizers: Adam(..., use_multi_tensor=True), one fused update for all parameters
-    (same results to 4e-9 after 3 steps, same state_dict layout)."""
-    import paddle
-
-    class MultiTensorAdam(paddle.optimizer.Adam):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, use_multi_tensor=True, **kwargs)
-
-    paddle.optimizer.Adam = MultiTensorAdam
-
-
-PROTOTYPES = {"direct_batches": direct_batches, "multi_tensor_adam": multi_tensor_adam}
 
 
 # ---------------------------------------------------------------------------------- torch side
@@ -355,47 +342,42 @@ def peak_of(runs: list[dict]) -> float:
 
 
 def markdown_table(rows: list[dict], args) -> str:
+    from paddlegan_lite.runtime import cpu_flags, cpu_model, physical_cores
+
     paddle_v = rows[0]["paddle"][0]["version"]
-    torch_run = rows[0]["torch"][0]
+    torch_v = rows[0]["torch"][0]["version"]
+    vector = sorted(f for f in cpu_flags() if f == "avx2" or f.startswith("avx512"))
     header = [
-        f"date {datetime.date.today()}; CPU {cpu_model()} ({os.cpu_count()} cores); "
-        f"Python {platform.python_version()}; paddlepaddle {paddle_v}; "
-        f"torch {torch_run['version']}",
-        f"threads: paddle {rows[0]['threads']}, torch {torch_run['threads']}; "
+        f"date {datetime.date.today()}; CPU {cpu_model()} ({physical_cores()} physical cores; "
+        f"{' '.join(vector) or 'no AVX2'}); Python {platform.python_version()}; "
+        f"paddlepaddle {paddle_v}; torch {torch_v}",
         f"best of {args.reps} alternating runs each; Paddle float32 GEMM peak "
-        f"{max(r['gemm_gflop_s'] for r in rows):.0f} GFLOP/s",
+        f"{max(r['gemm_gflop_s'] for r in rows):.0f} GFLOP/s (at our default threads)",
         f"command: python bench/train_speed.py {' '.join(sys.argv[1:])}".rstrip(),
-        f"trainer prototypes patched in: {', '.join(args.prototype) or 'none'}",
         "",
-        "| config | batch | paddlegan_lite img/s | PyTorch img/s | ratio | CPU-time ratio "
-        "| % of GEMM peak | loader img/s (x step) | peak RSS paddle / torch MB | load avg |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| config | threads (ours / torch) | batch | paddlegan_lite img/s | PyTorch img/s | ratio "
+        "| CPU-time ratio | full run at this speed (min) | loader img/s (x step) "
+        "| peak RSS paddle / torch MB | load avg |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         p, t = best(r["paddle"], "img_s"), best(r["torch"], "img_s")
         cpu_ratio = best(r["paddle"], "img_cpu_s") / best(r["torch"], "img_cpu_s")
-        peak = 100 * r["gflop_step"] * p / r["batch"] / r["gemm_gflop_s"]
+        threads = f"{r['setting']}: {r['paddle'][0]['threads']} / {r['torch'][0]['threads']}"
+        minutes = r["full_run_steps"] * r["batch"] / p / 60
         rss = f"{peak_of(r['paddle']):.0f} / {peak_of(r['torch']):.0f}"
         loads = f"{min(r['load']):.1f}-{max(r['load']):.1f}"
         header.append(
-            f"| {r['config']} | {r['batch']} | {p:.1f} | {t:.1f} | {p / t:.2f}x | {cpu_ratio:.2f}x "
-            f"| {peak:.0f}% | {r['loader_img_s']:.0f} ({r['loader_img_s'] / p:.0f}x) | {rss} "
-            f"| {loads} |"
+            f"| {r['config']} | {threads} | {r['batch']} | {p:.1f} | {t:.1f} | {p / t:.2f}x "
+            f"| {cpu_ratio:.2f}x | {minutes:.1f} ({r['full_run_steps']} steps) "
+            f"| {r['loader_img_s']:.0f} ({r['loader_img_s'] / p:.0f}x) | {rss} | {loads} |"
         )
-    spread = {r["config"]: [round(x["img_s"], 1) for x in r["paddle"] + r["torch"]] for r in rows}
+    spread = {
+        f"{r['config']}/{r['setting']}": [round(x["img_s"], 1) for x in r["paddle"] + r["torch"]]
+        for r in rows
+    }
     header += ["", f"every run (paddle runs, then torch runs): {json.dumps(spread)}"]
     return "\n".join(header)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

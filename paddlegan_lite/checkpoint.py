@@ -334,11 +334,7 @@ def find_latest(ckpt_dir: str | Path) -> Path | None:
 
 def load_checkpoint(path: str | Path) -> tuple[dict, dict]:
     """(state, tensors) from a checkpoint folder. Reads JSON and safetensors only."""
-    path = Path(path).expanduser()
-    if path.is_file():
-        raise CheckpointError(_file_instead_of_folder(path))
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} does not exist (expected a checkpoint folder)")
+    path = _existing_folder(path)
     state = _read_state(path)
     tensors = {}
     for name in TENSOR_FILES:
@@ -352,6 +348,20 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict]:
         except (OSError, SafetensorError, ValueError, TypeError) as exc:
             raise CheckpointError(f"checkpoint {path}: cannot read {file.name} ({exc})") from None
     return state, tensors
+
+
+def read_step(path: str | Path) -> int:
+    """The step a checkpoint folder was saved at (state.json only; tensors are not read)."""
+    return int(_read_state(_existing_folder(path))["step"])
+
+
+def _existing_folder(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    if path.is_file():
+        raise CheckpointError(_file_instead_of_folder(path))
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist (expected a checkpoint folder)")
+    return path
 
 
 def _checkpoints(ckpt_dir: Path) -> list[tuple[int, int, Path]]:

@@ -116,6 +116,47 @@ def check_same(value: int, what: str) -> None:
         )
 
 
+def check_batchnorm_synced(*nets) -> None:
+    """Raise a UserError on every rank unless the BatchNorm running statistics of `nets` agree
+    across ranks (a collective; call once after the first step of a sync_bn run).
+
+    Paddle's CUDA sync_batch_norm kernel all-reduces only when its device context carries an NCCL
+    communication context (paddle/phi/kernels/gpu/sync_batch_norm_kernel.cu: `if (comm_ctx)`);
+    without one it silently normalises per device. The ranks' batches differ, so statistics
+    that agree after one step were synced; ones that differ were not.
+    """
+    if world_size() < 2:
+        return
+    import paddle
+
+    stats = [
+        buffer.astype("float64").abs().sum()
+        for net in nets
+        for name, buffer in net.state_dict().items()
+        if name.endswith(("_mean", "_variance"))
+    ]
+    if not stats:
+        return
+    total = float(paddle.stack(stats).sum().numpy())
+    low, high = _min_max_float(total)
+    if abs(high - low) > 1e-5 * max(abs(high), 1.0):
+        raise UserError(
+            "distributed.sync_bn: BatchNorm statistics differ between ranks after the first step "
+            f"(sums {low:.6g} to {high:.6g}), so Paddle's SyncBatchNorm did not synchronise them "
+            "here; train with distributed.sync_bn=false (per-device statistics)"
+        )
+
+
+def _min_max_float(value: float) -> tuple[float, float]:
+    import paddle
+    import paddle.distributed as dist
+
+    both = paddle.to_tensor([value, -value], dtype="float64")
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    high, neg_low = both.numpy().tolist()
+    return -neg_low, high
+
+
 def _min_max(value: int) -> tuple[int, int]:
     import paddle
     import paddle.distributed as dist

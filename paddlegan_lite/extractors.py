@@ -17,6 +17,11 @@ save_file({k: v.contiguous() for k, v in sd.items()}, 'pt_inception-2015-12-05.s
 then pass `--inception_weights pt_inception-2015-12-05.safetensors`. Keys are the torchvision
 names (`Mixed_5b.branch1x1.conv.weight`, `...bn.running_mean`, `fc.weight` [1008, 2048]); a
 file with Paddle names (`...bn._mean`, `fc.weight` [2048, 1008]) loads too.
+
+The Inception Score's class probabilities are softmax(pool3 @ fc.weight), without the fc bias:
+the original code of Salimans et al. (openai/improved-gan) rebuilds the logits from the weight
+input of the graph's `softmax/logits/MatMul`, leaving out `softmax/biases`, and torch-fidelity
+scores IS on its `logits_unbiased`. Published IS values are computed that way.
 """
 
 from __future__ import annotations
@@ -57,6 +62,9 @@ INCEPTION_SIDE = 299
 INCEPTION_FEATURES = 2048
 INCEPTION_LOGITS = 1008  # the 2015 graph's classifier: 1,000 ImageNet classes and 8 unused
 INCEPTION_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/tag/fid_weights"
+# Part of the extractor's cache id, which keys the cached real features and probabilities: bump
+# when either changes (2: IS probabilities without the fc bias).
+INCEPTION_VERSION = 2
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -516,10 +524,11 @@ class InceptionE(nn.Layer):
 
 
 class FIDInceptionV3(nn.Layer):
-    """images [N, 3, 299, 299] in [-1, 1] -> (pool3 features [N, 2048], logits [N, 1008]).
+    """images [N, 3, 299, 299] in [-1, 1] -> (pool3 features [N, 2048], IS logits [N, 1008]).
 
     torchvision's InceptionV3 with pytorch-fid's FID patches, layer names kept so its weight
-    file maps key for key.
+    file maps key for key. The IS logits are pool3 @ fc.weight without fc.bias, as the reference
+    Inception Score computes them (module docstring); fc.bias is loaded but takes no part.
     """
 
     def __init__(self):
@@ -559,12 +568,13 @@ class FIDInceptionV3(nn.Layer):
         x = self.Mixed_7c(self.Mixed_7b(x))
         # state size. 2048 x 8 x 8
         pool3 = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return pool3, self.fc(pool3)
+        return pool3, paddle.matmul(pool3, self.fc.weight)  # no bias: the reference IS logits
 
 
 class InceptionExtractor:
     """FID InceptionV3: pool3 features [N, 2048] and, when the file has the fc layer, 1008-way
-    class probabilities for the inception score. Gray images are repeated to 3 channels."""
+    class probabilities for the inception score (softmax of the logits without the fc bias, as
+    published IS values are computed). Gray images are repeated to 3 channels."""
 
     kind = "inception"
 
@@ -586,12 +596,12 @@ class InceptionExtractor:
         arrays = read_weight_file(path)
         net = FIDInceptionV3()
         with_logits = load_inception_arrays(net, arrays, path)
-        cache_id = f"inception-{file_digest(path, 'sha256')[:16]}"
+        cache_id = f"inception-v{INCEPTION_VERSION}-{file_digest(path, 'sha256')[:16]}"
         return cls(net, cache_id, with_logits)
 
     def describe(self) -> str:
-        logits = "with" if self.with_logits else "without"
-        return f"InceptionV3 pool3 (2048-d, {logits} logits), weights {self.cache_id}"
+        logits = "with IS logits (fc without bias)" if self.with_logits else "without logits"
+        return f"InceptionV3 pool3 (2048-d, {logits}), weights {self.cache_id}"
 
     def extract(self, images) -> tuple[np.ndarray, np.ndarray | None]:
         """images float32 [N, C, H, W] in [-1, 1] -> (features [N, 2048], probs [N, 1008] or

@@ -99,7 +99,9 @@ def inception_score(probs, splits: int = 10) -> tuple[float, float]:
     """IS = exp(E_x KL(p(y|x) || p(y))) per split of probs [N, K]; returns (mean, std over splits).
 
     From 1 (every image gets the same class distribution) to K (confident and uniform over
-    classes). Rows must be probability distributions (softmax outputs).
+    classes). Rows must be probability distributions (softmax outputs). Comparable with published
+    values only for Inception probabilities computed as the reference does: softmax of pool3
+    times the fc weights, without the fc bias (`extractors.FIDInceptionV3`).
     """
     probs = _as_matrix(probs, "probs")
     if probs.min() < 0 or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-4):

@@ -7,6 +7,7 @@ make CPU training steps 1.3-1.7x faster. Users get that without knowing it; any 
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import sys
 import warnings
@@ -94,12 +95,21 @@ def keep_freed_memory() -> bool:
     )
 
 
+
+def _omp_threads_from_user() -> str | None:
+    """OMP_NUM_THREADS as the user set it. `import paddle` sets "1" where it is unset, so this is
+    read when the package loads; after Paddle, a "1" is taken as Paddle's, not the user's."""
+    value = os.environ.get("OMP_NUM_THREADS")
+    return None if "paddle" in sys.modules and value == "1" else value
+
+
+_user_omp_threads = _omp_threads_from_user()
+
+
 def configure_process_env() -> None:
     """Set CPU math, allocator and logging options for Paddle; a no-op once Paddle is imported.
 
-    Paddle's dynamic graph stays on one thread (its own default, OMP_NUM_THREADS=1): on a shared
-    2-core machine two threads made a DCGAN step 2-4x slower (threads wait on each other at every
-    GEMM while other jobs hold the cores). Users with idle cores can set OMP_NUM_THREADS.
+    Threads are set later, by `use_cpu_threads`, once Paddle is loaded.
     """
     if "paddle" in sys.modules:
         return  # MKL reads its variables when Paddle loads; too late to help
@@ -109,6 +119,103 @@ def configure_process_env() -> None:
     keep_freed_memory()
     os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ info lines are not for users
     quiet_paddle_warnings()
+
+
+def physical_cores(cpuinfo: str | None = None, allowed: set[int] | None = None) -> int:
+    """Physical cores this process may run on: one per (package, core) pair among the CPUs of
+    its affinity mask (hyper-threads share a core's FPUs: a second GEMM thread on them only
+    waits), capped by a cgroup CPU quota. PyTorch's default intra-op thread count is the same."""
+    if allowed is None:
+        try:
+            allowed = os.sched_getaffinity(0)
+        except (AttributeError, OSError):
+            allowed = set(range(os.cpu_count() or 1))
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            cpuinfo = ""
+    cores = set()
+    for block in cpuinfo.split("\n\n"):
+        fields = {
+            key.strip(): value.strip()
+            for key, _, value in (line.partition(":") for line in block.splitlines())
+        }
+        cpu = fields.get("processor", "")
+        if cpu.isdigit() and int(cpu) in allowed:
+            cores.add((fields.get("physical id"), fields.get("core id", cpu)))
+    count = len(cores) or len(allowed)
+    quota = cgroup_cpu_quota()
+    return max(1, min(count, quota) if quota else count)
+
+
+def cgroup_cpu_quota() -> int | None:
+    """CPUs a cgroup v2 `cpu.max` quota allows (rounded up), or None where there is none."""
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="utf-8") as fh:
+            quota, period = fh.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, math.ceil(int(quota) / int(period)))
+
+
+def local_processes() -> int:
+    """Training processes on this machine (paddle.distributed.launch's PADDLE_LOCAL_SIZE)."""
+    try:
+        return max(1, int(os.environ.get("PADDLE_LOCAL_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def cpu_threads(requested: int = 0) -> tuple[int, str]:
+    """(threads, where the number comes from) for Paddle's CPU math in this process.
+
+    `requested` > 0 (train.threads) wins; then an OMP_NUM_THREADS the user exported; otherwise
+    every physical core, shared out among the processes of a data-parallel launch. Paddle's own
+    default is one thread, which leaves a user's other cores idle.
+    """
+    if requested > 0:
+        return requested, "train.threads"
+    if _user_omp_threads is not None:
+        try:
+            return max(1, int(_user_omp_threads)), "OMP_NUM_THREADS"
+        except ValueError:
+            pass  # Paddle treats a non-number as 1; so do we, by falling through
+    cores, processes = physical_cores(), local_processes()
+    if processes > 1:
+        return max(1, cores // processes), f"{cores} physical cores / {processes} processes"
+    return cores, "all physical cores"
+
+
+def use_cpu_threads(requested: int = 0) -> tuple[int, str]:
+    """Give Paddle's CPU math (MKL, OpenMP and so the oneDNN convolutions, which run on the same
+    libiomp5) the thread count of `cpu_threads`; returns it. Paddle must be imported."""
+    from paddle.base import core
+
+    threads, why = cpu_threads(requested)
+    core.set_num_threads(threads)
+    return threads, why
+
+
+# Paddle flags that pick deterministic GPU kernels (defined in CUDA builds only, paddle/common/
+# flags.cc): cuDNN convolution algorithms without atomics; the embedding gradient's sorted path.
+DETERMINISTIC_FLAGS = {"FLAGS_cudnn_deterministic": True, "FLAGS_embedding_deterministic": 1}
+
+
+def use_deterministic_kernels() -> dict:
+    """train.deterministic: set the flags of DETERMINISTIC_FLAGS this Paddle build has; returns
+    what was set. CPU kernels need none: with a fixed thread count they already repeat exactly."""
+    import paddle
+    from paddle.base import core
+
+    known = set(core.globals().keys())
+    flags = {name: value for name, value in DETERMINISTIC_FLAGS.items() if name in known}
+    if flags:
+        paddle.set_flags(flags)
+    return flags
 
 
 def quiet_paddle_warnings() -> None:

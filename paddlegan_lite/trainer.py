@@ -23,12 +23,22 @@ import paddle
 import paddle.nn.functional as F
 
 from paddlegan_lite import checkpoint as ckpt
-from paddlegan_lite import distributed
-from paddlegan_lite.config import Config, config_from_dict, config_to_dict, dump_config
+from paddlegan_lite import distributed, run_folder
+from paddlegan_lite.cli import exit_now
+from paddlegan_lite.config import (
+    Config,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    model_differences,
+)
 from paddlegan_lite.errors import UserError
 from paddlegan_lite.images import make_grid, save_png, to_uint8
 from paddlegan_lite.logger import RunLogger, log
 from paddlegan_lite.losses import d_loss, d_output_mean, g_loss
+
+# ops auto_cast(fp16) runs in float16 beyond Paddle's own O1 white list (see GANTrainer.autocast)
+AMP_FP16_EXTRA_WHITE_LIST = {"conv2d_transpose"}
 
 
 class EpochBatchSampler:
@@ -122,7 +132,8 @@ class GANTrainer:
             logger = RunLogger(self.run_dir, resume_step=self.step if resume_from else None)
         else:
             logger = _NoOutput()  # rank 0 writes the run's logs; no VisualDL writer here
-        meter = _Meter(first_step=self.step + 1)
+        first_step = self.step + 1
+        meter = _Meter(first_step=first_step)
         if self.cfg.eval.interval and distributed.is_main():
             self.evaluator = self.build_evaluator()
         last = {}
@@ -145,8 +156,11 @@ class GANTrainer:
 
                     self.step += 1
                     self.batch_in_epoch += 1
+                    if self.cfg.distributed.sync_bn and self.step == first_step:
+                        distributed.check_batchnorm_synced(self.netG, self.netD)
                     meter.add(loss_d, loss_g, d_real, d_fake, self.global_batch)
-                    if self.step % t.log_interval == 0:
+                    at_log_step = self.step % t.log_interval == 0
+                    if at_log_step:
                         last = self.log_metrics(logger, meter, total_steps)
                     if self.step % t.sample_interval == 0:
                         self.save_samples(logger)
@@ -156,7 +170,7 @@ class GANTrainer:
                     if self.evaluator is not None and self.step % self.cfg.eval.interval == 0:
                         self.check_finite(meter)
                         self.evaluate(logger)
-                    if self.step >= total_steps or self.stop_requested():
+                    if self.step >= total_steps or self.stop_requested(check_ranks=at_log_step):
                         break
                 else:
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
@@ -183,26 +197,36 @@ class GANTrainer:
 
     def make_loader(self, sampler):
         """Batches (images, labels) in the sampler's order. In-memory datasets hand out whole
-        batches with one vectorised `get_batch` (measured: 4x the per-item DataLoader's rate)."""
+        batches with one vectorised `get_batch` (measured: 4x the per-item DataLoader's rate).
+        With data.num_workers > 0 items are decoded in worker processes; an item's UserError
+        (a bad image) comes back as data and is raised here as the same one-line error."""
+        from paddlegan_lite.datasets import CaughtErrors, collate_or_error, raise_caught
+
         if self.cfg.data.num_workers == 0 and hasattr(self.dataset, "get_batch"):
             return (
                 tuple(paddle.to_tensor(a) for a in self.dataset.get_batch(indices))
                 for indices in sampler
             )
-        return paddle.io.DataLoader(
-            self.dataset,
+        loader = paddle.io.DataLoader(
+            CaughtErrors(self.dataset),
             batch_sampler=sampler,
             num_workers=self.cfg.data.num_workers,
             use_shared_memory=False,
+            collate_fn=collate_or_error,
         )
+        return (raise_caught(batch) for batch in loader)
 
     def step_seed(self) -> int:
         return (self.cfg.seed * 1_000_003 + self.step) % (2**31 - 1)
 
-    def stop_requested(self) -> bool:
-        """Whether SIGINT/SIGTERM reached this or (several processes) any rank. Every rank asks at
-        the same points and takes the all-reduced answer, never its own flag, which a signal may
-        set during the all-reduce: so all ranks stop after the same step."""
+    def stop_requested(self, check_ranks: bool = True) -> bool:
+        """Whether SIGINT/SIGTERM reached this or (several processes) any rank. With several
+        processes the ranks agree only where `check_ranks` (log steps, where the meter reads the
+        device anyway): an all-reduce read back every step would stall each GPU's queue once per
+        step. Every rank asks at the same steps and takes the all-reduced answer, never its own
+        flag, which a signal may set during the all-reduce: so all ranks stop after one step."""
+        if self.world_size > 1 and not check_ranks:
+            return False
         if not distributed.any_rank(self._stop_signal is not None):
             return False
         self._stop_signal = self._stop_signal or "a stop signal (on another rank)"
@@ -251,9 +275,10 @@ class GANTrainer:
             fake = self.generate(z, gen_labels, net=self.dp_netG)
             real_out = self.dp_netD(real)
             fake_out = self.dp_netD(fake.detach())
-            loss, real_logits, fake_logits = self.d_objective(
-                real_out, fake_out, labels, gen_labels
-            )
+        # losses, logs and checkpoints in float32 whatever precision D ran in (train.amp)
+        loss, real_logits, fake_logits = self.d_objective(
+            as_float32(real_out), as_float32(fake_out), labels, gen_labels
+        )
         self.backward_and_step(loss, self.optD, self.scalerD)
         d_real = d_output_mean(self.loss_kind, real_logits.detach())
         d_fake = d_output_mean(self.loss_kind, fake_logits.detach())
@@ -264,7 +289,8 @@ class GANTrainer:
         # so there is nothing of D's to average (the G step's gradient reaches G through `fake`)
         with frozen(self.netD):
             with self.autocast():
-                loss = self.g_objective(self.netD(fake), gen_labels)
+                fake_out = self.netD(fake)
+            loss = self.g_objective(as_float32(fake_out), gen_labels)
             self.backward_and_step(loss, self.optG, self.scalerG)
         return loss.detach()
 
@@ -272,8 +298,14 @@ class GANTrainer:
         """train.amp: forward passes in float16/bfloat16 where Paddle deems it safe (O1)."""
         if self.cfg.train.amp == "off":
             return contextlib.nullcontext()
-        dtype = {"fp16": "float16", "bf16": "bfloat16"}[self.cfg.train.amp]
-        return paddle.amp.auto_cast(level="O1", dtype=dtype)
+        if self.cfg.train.amp == "bf16":
+            return paddle.amp.auto_cast(level="O1", dtype="bfloat16")
+        # Paddle's O1 list leaves conv2d_transpose (all of G's upsampling) in float32; PyTorch's
+        # autocast runs conv_transpose2d in float16, and Paddle's cuDNN kernel has float16 (not
+        # bfloat16), so float16 adds it. bench/gpu_check.py times G both ways on a real GPU.
+        return paddle.amp.auto_cast(
+            level="O1", dtype="float16", custom_white_list=AMP_FP16_EXTRA_WHITE_LIST
+        )
 
     @staticmethod
     def backward_and_step(loss, optimizer, scaler) -> None:
@@ -407,10 +439,11 @@ class GANTrainer:
                 f"checkpoint {path} lacks {missing or ['fixed_z']}: not a training checkpoint"
             )
         saved = config_from_dict(state["config"], source=f"{path}/state.json")
-        if config_to_dict(saved)["model"] != config_to_dict(self.cfg)["model"]:
+        diffs = model_differences(self.cfg, saved)
+        if diffs:
             raise ckpt.CheckpointError(
-                f"checkpoint {path} was made with another model config "
-                f"({saved.model}) than this run ({self.cfg.model})"
+                f"checkpoint {path} was made with another model config than this run: "
+                f"{', '.join(diffs)}"
             )
         ckpt.load_layer_arrays(self.netG, tensors["netG"], "generator")
         ckpt.load_layer_arrays(self.netD, tensors["netD"], "discriminator")
@@ -443,7 +476,7 @@ class GANTrainer:
 
         def request_stop(signum, frame):
             if self._stop_signal is not None and (signum == signal.SIGINT or self.world_size < 2):
-                raise KeyboardInterrupt
+                exit_now(signum)
             self._stop_signal = self._stop_signal or signal.Signals(signum).name
 
         try:
@@ -497,6 +530,13 @@ class ACGANTrainer(GANTrainer):
         return max(1, self.cfg.train.num_samples // self.netG.num_classes)
 
 
+def as_float32(out):
+    """D's output (a tensor, or a tuple of them for conditional models) in float32."""
+    if isinstance(out, (tuple, list)):
+        return type(out)(as_float32(o) for o in out)
+    return out if out.dtype == paddle.float32 else out.astype("float32")
+
+
 class _Meter:
     """Keeps each step's statistics as device tensors and reads them back (one sync) only when
     logging or saving: no per-step host sync, and the first non-finite loss is still found."""
@@ -518,7 +558,8 @@ class _Meter:
 
     def add(self, loss_d, loss_g, d_real, d_fake, batch_size: int) -> None:
         g_value = loss_g if loss_g is not None else paddle.zeros_like(loss_d)
-        self.rows.append(paddle.stack([loss_d, g_value, d_real, d_fake]).reshape([4]))
+        row = [v.astype("float32") for v in (loss_d, g_value, d_real, d_fake)]
+        self.rows.append(paddle.stack(row).reshape([4]))
         self.g_steps.append(loss_g is not None)
         self.images += batch_size
 
@@ -607,7 +648,10 @@ def build_trainer(cfg: Config, dataset) -> GANTrainer:
 
 
 def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
-    """`--resume PATH` as given; `auto`: the newest complete checkpoint, or None (say so)."""
+    """`--resume PATH`: a checkpoint folder, or a run folder (its newest complete checkpoint, as
+    export and eval take it); `auto`: this run's newest, or None (say so)."""
+    from paddlegan_lite.export import resolve_checkpoint
+
     if not resume:
         return None
     if resume == "auto":
@@ -615,15 +659,17 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
         if found is None:
             log.info(f"--resume auto: no checkpoint in {run_dir / 'checkpoints'}, starting fresh")
         return found
-    return Path(resume).expanduser()
+    return resolve_checkpoint(resume)
 
 
 def train(cfg: Config, resume: str | None = None) -> dict:
     """Everything `tools/train.py` does: device, data, models, run folder, then `fit()`."""
-    from paddlegan_lite.datasets import build_dataset
-    from paddlegan_lite.runtime import select_device
+    from paddlegan_lite.runtime import select_device, use_cpu_threads, use_deterministic_kernels
 
     device = select_device(distributed.local_device(cfg.train.device))
+    threads, threads_from = use_cpu_threads(cfg.train.threads)
+    if cfg.train.deterministic:
+        use_deterministic_kernels()
     if cfg.train.amp != "off" and device == "cpu":
         raise UserError(
             f"train.amp={cfg.train.amp} needs a GPU: on CPU Paddle's auto_cast leaves every op "
@@ -640,6 +686,34 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         log.setLevel(logging.WARNING)  # rank 0 speaks for the run
     run_dir = Path(cfg.train.output_dir)
     resume_path = resolve_resume(resume, run_dir)  # every rank loads the same checkpoint
+    lock = claim_run_folder(run_dir)
+    try:
+        run_folder.check_no_overwrite(
+            run_dir / "checkpoints", ckpt.read_step(resume_path) if resume_path else None
+        )
+        return _train_in(run_dir, cfg, device, resume_path, f"{threads} ({threads_from})")
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def claim_run_folder(run_dir: Path) -> run_folder.RunFolderLock | None:
+    """Rank 0 locks the run folder for this run; every rank learns if it could not."""
+    lock, refusal = None, None
+    if distributed.is_main():
+        try:
+            lock = run_folder.claim(run_dir)
+        except UserError as exc:
+            refusal = exc
+    if distributed.any_rank(refusal is not None):
+        raise refusal or UserError(f"rank 0 could not claim the run folder {run_dir}")
+    return lock
+
+
+def _train_in(run_dir: Path, cfg: Config, device: str, resume_path, threads: str) -> dict:
+    """The rest of `train` once the run folder is ours: data, nets, config.yaml, then `fit()`."""
+    from paddlegan_lite.datasets import build_dataset
+
     # every rank reads the data itself (a download is atomic per process): a rank-0-first
     # barrier would outlast gloo's 30 s limit on a download or a large decode
     dataset = build_dataset(cfg.data, cfg.model.image_size, cfg.model.channels, train=True)
@@ -658,7 +732,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                 f"train.output_dir={run_dir}: cannot write the run folder ({exc.strerror or exc})"
             ) from None
     log.info(f"config:\n{dump_config(cfg)}")
-    log.info(f"device: {device}; data: {dataset.source}; run folder: {run_dir}")
+    log.info(
+        f"device: {device}; CPU threads: {threads}; data: {dataset.source}; run folder: {run_dir}"
+    )
     if distributed.world_size() > 1:
         log_data_parallel(cfg)
     return trainer.fit(resume_from=resume_path)

@@ -8,7 +8,7 @@ import numpy as np
 import paddle
 import pytest
 from data_files import write_mnist_idx
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
 from paddlegan_lite import extractors
 from paddlegan_lite.config import DataConfig
@@ -22,6 +22,7 @@ from paddlegan_lite.extractors import (
     dataset_fingerprint,
     resolve_cache_dir,
 )
+from paddlegan_lite.metrics import inception_score
 
 STEPS = 40
 
@@ -139,6 +140,10 @@ def inception_file(tmp_path_factory):
     for name, value in net.state_dict().items():
         if name.endswith("_variance"):
             value.set_value(np.linspace(0.5, 2.0, value.shape[0], dtype=np.float32))
+    # a fresh Linear's bias is 0, which would hide whether the IS logits add it: the real file's
+    # is not (pytorch-fid's fc.bias spans about -1.3 to 2.6)
+    bias = np.random.default_rng(11).normal(0.0, 2.0, net.fc.bias.shape).astype(np.float32)
+    net.fc.bias.set_value(bias)
     path = tmp_path_factory.mktemp("inception") / "fid_inception.safetensors"
     save_file(torch_named_arrays(net), str(path))
     return net, path
@@ -184,6 +189,33 @@ def test_inception_pool3_features_are_2048_wide_and_deterministic(inception_file
         expected, logits = (t.numpy() for t in source_net(resized))
     np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(probs, extractors.softmax(logits), rtol=1e-4, atol=1e-7)
+
+
+def test_inception_score_leaves_out_the_fc_bias(inception_file, tmp_path):
+    """The reference IS (Salimans et al.'s TF code; torch-fidelity's `logits_unbiased`) takes the
+    softmax of pool3 @ W, without the fc bias. Here W sends image i to class i and the bias sends
+    every image to class 6: IS 6 without the bias, 1 with it."""
+    _, path = inception_file
+    images = np.random.default_rng(1).uniform(-1, 1, (6, 3, 32, 32)).astype(np.float32)
+    features = InceptionExtractor.from_file(path).features(images).astype(np.float64)
+    arrays = load_file(str(path))
+    weight, bias = np.zeros((1008, 2048)), np.zeros(1008)
+    weight[:6] = 20.0 * np.linalg.pinv(features).T  # features @ weight.T = 20 I on 6 classes
+    bias[6] = 30.0
+    arrays["fc.weight"], arrays["fc.bias"] = weight.astype(np.float32), bias.astype(np.float32)
+    steered = tmp_path / "steered.safetensors"
+    save_file(arrays, str(steered))
+
+    got, probs = InceptionExtractor.from_file(steered).extract(images)
+    np.testing.assert_allclose(got, features, rtol=1e-5, atol=1e-6)
+    logits = features @ arrays["fc.weight"].astype(np.float64).T  # by hand, in float64
+    np.testing.assert_allclose(logits[:, :7], 20.0 * np.eye(6, 7), atol=1e-2)
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-8)
+    assert inception_score(probs, splits=1)[0] == pytest.approx(6.0, rel=1e-3)
+    with_bias = extractors.softmax(logits + arrays["fc.bias"])
+    assert inception_score(with_bias, splits=1)[0] == pytest.approx(1.0, rel=1e-3)
 
 
 def test_inception_without_weights_is_a_clear_error(tmp_path, inception_file):
