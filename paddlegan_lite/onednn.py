@@ -51,6 +51,8 @@ F32 = 3  # dnnl_f32
 TAG_ANY, TAG_A, TAG_ABCD, TAG_BACD = 1, 2, 5, 25  # dnnl_format_tag_t
 FORWARD_TRAINING = 64  # dnnl_prop_kind_t; the backward primitives take a training forward as hint
 CONVOLUTION_DIRECT, DECONVOLUTION_DIRECT = 1, 10  # dnnl_alg_kind_t
+# relu with alpha is leaky ReLU; this variant's backward reads the output (alpha >= 0 only)
+ELTWISE_RELU_USE_DST = 0x100
 QUERY_SRC, QUERY_DIFF_SRC, QUERY_WEIGHTS, QUERY_DIFF_WEIGHTS = 129, 130, 131, 132  # dnnl_query_t
 QUERY_DST, QUERY_DIFF_DST = 133, 134
 ARG_SRC, ARG_DST, ARG_WEIGHTS, ARG_BIAS = 1, 17, 33, 41  # DNNL_ARG_*; reorders: FROM=SRC, TO=DST
@@ -65,6 +67,7 @@ ENUM_NAMES = {  # function -> {value: the name the library must give it}
     "dnnl_alg_kind2str": {
         CONVOLUTION_DIRECT: b"convolution_direct",
         DECONVOLUTION_DIRECT: b"deconvolution_direct",
+        ELTWISE_RELU_USE_DST: b"eltwise_relu_use_dst_for_bwd",
     },
     "dnnl_engine_kind2str": {ENGINE_CPU: b"cpu"},
 }
@@ -129,6 +132,15 @@ class _Library:
             signatures[f"dnnl_{op}_forward_primitive_desc_create"] = (status, fwd)
             signatures[f"dnnl_{op}_backward_data_primitive_desc_create"] = (status, bwd)
             signatures[f"dnnl_{op}_backward_weights_primitive_desc_create"] = (status, bwd_w)
+        f = ctypes.c_float
+        signatures["dnnl_eltwise_forward_primitive_desc_create"] = (
+            status,
+            [p, h, ctypes.c_int, ctypes.c_int, h, h, f, f, h],
+        )
+        signatures["dnnl_eltwise_backward_primitive_desc_create"] = (
+            status,
+            [p, h, ctypes.c_int, h, h, h, f, f, h, h],
+        )
         for name, (restype, argtypes) in signatures.items():
             fn = getattr(self.dll, name)
             fn.restype, fn.argtypes = restype, argtypes
@@ -172,7 +184,7 @@ def _warn_once(message: str) -> None:
     global _warned
     if not _warned:
         _warned = True
-        log.warning(f"{message}; using Paddle's own convolutions")
+        log.warning(f"{message}; using Paddle's own ops")
 
 
 def library() -> _Library | None:
@@ -229,6 +241,18 @@ def supported(x, weight, bias=None) -> bool:
         and x.dtype == paddle.float32
         and weight.dtype == paddle.float32
         # new tensors go to Paddle's current device: it must be the CPU too
+        and (not paddle.is_compiled_with_cuda() or paddle.device.get_device() == "cpu")
+    )
+
+
+def activation_supported(x) -> bool:
+    """Whether leaky_relu may run on x: the dynamic graph, x float32, non-empty, on the CPU."""
+    return (
+        not tracing()
+        and enabled()
+        and on_cpu("leaky_relu", input=x)
+        and x.dtype == paddle.float32
+        and x.size > 0
         and (not paddle.is_compiled_with_cuda() or paddle.device.get_device() == "cpu")
     )
 
@@ -603,3 +627,113 @@ def conv2d_transpose(x, weight, bias, stride, padding):
     [Ci, Co, kh, kw], bias [Co] or None, stride and padding (h, w) pairs; no output_padding,
     groups or dilation. Call only where `supported(x, weight, bias)`."""
     return _run(True, x, weight, bias, stride, padding)
+
+
+# ---------------------------------------------------------------------- leaky ReLU
+class _EltwisePlan:
+    """Leaky ReLU of `size` contiguous floats (any shape, as plain layout "a"): oneDNN's relu with
+    alpha = the slope, its backward reading the output. Paddle 3.3's CPU activation kernels use
+    one thread; oneDNN's use Paddle's thread count (bench/RESULTS.md). The gradient at x = 0
+    exactly is the slope (y > 0 decides, as in PyTorch), where Paddle's is 1 (x >= 0)."""
+
+    def __init__(self, lib: _Library, key: tuple):
+        size, self.slope = key
+        self.lib = lib
+        self.md = lib.memory_desc([size], TAG_A)
+        pd = _Handle()
+        lib.call(
+            "dnnl_eltwise_forward_primitive_desc_create",
+            ctypes.byref(pd),
+            lib.engine,
+            FORWARD_TRAINING,
+            ELTWISE_RELU_USE_DST,
+            self.md,
+            self.md,
+            self.slope,
+            0.0,
+            None,
+        )
+        self.fwd = _Primitive(lib, pd, {ARG_SRC: self.md, ARG_DST: self.md})
+        self.bwd = None
+
+    def forward(self, x):
+        """leaky_relu(x), x contiguous."""
+        y = paddle.empty(x.shape, dtype="float32")
+        self.fwd({ARG_SRC: x, ARG_DST: y})
+        return y
+
+    def backward(self, y, dy):
+        """dL/dx from the forward's output y and dL/dy (both contiguous)."""
+        if self.bwd is None:
+            pd = _Handle()
+            self.lib.call(
+                "dnnl_eltwise_backward_primitive_desc_create",
+                ctypes.byref(pd),
+                self.lib.engine,
+                ELTWISE_RELU_USE_DST,
+                self.md,
+                self.md,
+                self.md,
+                self.slope,
+                0.0,
+                self.fwd.pd,
+                None,
+            )
+            mds = {ARG_DST: self.md, ARG_DIFF_DST: self.md, ARG_DIFF_SRC: self.md}
+            self.bwd = _Primitive(self.lib, pd, mds)
+        dx = paddle.empty(y.shape, dtype="float32")
+        self.bwd({ARG_DST: y, ARG_DIFF_DST: dy, ARG_DIFF_SRC: dx})
+        return dx
+
+    def __del__(self):
+        try:
+            self.lib.dll.dnnl_memory_desc_destroy(self.md)
+        except Exception:  # interpreter shutdown
+            pass
+
+
+@functools.lru_cache(maxsize=MAX_CACHED_PLANS)
+def _eltwise_plan(key: tuple) -> _EltwisePlan | None:
+    """The plan of (size, slope); None (cached too, and one log line) if oneDNN refuses it."""
+    try:
+        return _EltwisePlan(library(), key)
+    except OnednnError as exc:
+        _warn_once(f"oneDNN cannot run a leaky ReLU of {key} ({exc})")
+        return None
+
+
+class _OnednnLeakyReLU(PyLayer):
+    """y = leaky_relu(x) through a plan, keeping y (not x) for the backward. Under
+    create_graph=True the backward is Paddle ops (dy times the slope where y <= 0, as Paddle's
+    leaky_relu_grad), which can be differentiated again."""
+
+    @staticmethod
+    def forward(ctx, x, plan):
+        y = plan.forward(x)
+        ctx.plan = plan
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved_tensor()
+        on_cpu("leaky_relu backward", output=y, output_gradient=dy)  # raises if dy is elsewhere
+        if paddle.is_grad_enabled():  # create_graph=True
+            with paddle.no_grad():
+                scale = paddle.where(
+                    y > 0, paddle.ones_like(y), paddle.full_like(y, ctx.plan.slope)
+                )
+            return dy * scale
+        return ctx.plan.backward(y, dy.contiguous())
+
+
+def leaky_relu(x, negative_slope: float):
+    """F.leaky_relu(x, negative_slope) for float32 x of any shape and negative_slope >= 0. Call
+    only where `activation_supported(x)`."""
+    x = x.contiguous()
+    plan = _eltwise_plan((x.size, float(negative_slope)))
+    if plan is None:
+        return F.leaky_relu(x, negative_slope)
+    if not paddle.is_grad_enabled() or x.stop_gradient:
+        return plan.forward(x)  # inference: no autograd node, nothing kept
+    return _OnednnLeakyReLU.apply(x, plan)

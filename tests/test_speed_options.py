@@ -22,7 +22,14 @@ from paddlegan_lite.errors import UserError
 from paddlegan_lite.models import build_models
 from paddlegan_lite.models.acgan import ACGANDiscriminator, ACGANGenerator
 from paddlegan_lite.models.dcgan import DCGANDiscriminator, DCGANGenerator
-from paddlegan_lite.models.layers import Dropout, FastConv2D, FastConv2DTranspose, UpsampleConv2D
+from paddlegan_lite.models.layers import (
+    Dropout,
+    FastConv2D,
+    FastConv2DTranspose,
+    FastLeakyReLU,
+    UpsampleConv2D,
+)
+from paddlegan_lite.models.mlp_gan import MLPDiscriminator
 
 
 def assert_close(actual, expected, rtol=1e-4):
@@ -134,16 +141,20 @@ needs_onednn = pytest.mark.skipif(not onednn.enabled(), reason="no usable oneDNN
 @pytest.fixture
 def onednn_runs(monkeypatch):
     """Names of the oneDNN plan steps that run (a fast path must not pass by silently falling
-    back to the stock op it is compared with)."""
+    back to the stock op it is compared with): the convolutions' forward, input_grad and
+    weight_grad, the leaky ReLU's leaky_relu and leaky_relu_grad."""
     runs = []
-    for step in ("forward", "input_grad", "weight_grad"):
-        real = getattr(onednn._ConvPlan, step)
+    steps = [(onednn._ConvPlan, step, step) for step in ("forward", "input_grad", "weight_grad")]
+    steps += [(onednn._EltwisePlan, "forward", "leaky_relu")]
+    steps += [(onednn._EltwisePlan, "backward", "leaky_relu_grad")]
+    for plan, step, name in steps:
+        real = getattr(plan, step)
 
-        def spy(self, *args, _real=real, _step=step):
-            runs.append(_step)
+        def spy(self, *args, _real=real, _name=name):
+            runs.append(_name)
             return _real(self, *args)
 
-        monkeypatch.setattr(onednn._ConvPlan, step, spy)
+        monkeypatch.setattr(plan, step, spy)
     return runs
 
 
@@ -357,6 +368,104 @@ def test_traced_graphs_hold_only_stock_convolutions(onednn_runs, tmp_path, full_
         paddle.jit.save(static, str(tmp_path / "netG"), input_spec=spec)
         assert_close(paddle.jit.load(str(tmp_path / "netG"))(z).numpy(), dynamic)
     assert onednn_runs == ["forward", "forward"]
+
+
+# ---------------------------------------------------------------------------------- leaky ReLU
+def leaky_input(shape, seed):
+    """A standard normal leaf (no exact zeros: see the test of those below)."""
+    x = np.random.default_rng(seed).standard_normal(shape).astype("float32")
+    x = paddle.to_tensor(np.where(x == 0, 1.0, x).astype("float32"))
+    x.stop_gradient = False
+    return x
+
+
+@needs_onednn
+@pytest.mark.parametrize("slope", [0.2, 0.01, 0.0])
+@pytest.mark.parametrize("shape", [[4, 16, 8, 8], [3, 256], [5, 7, 3]], ids=["nchw", "2d", "3d"])
+def test_fast_leaky_relu_matches_stock(onednn_runs, shape, slope):
+    stock, fast = nn.LeakyReLU(slope), FastLeakyReLU(slope)
+    x = leaky_input(shape, seed=43)
+    want = outputs_and_grads(stock, [x], [])
+    got = outputs_and_grads(fast, [x], [])
+    assert onednn_runs == ["leaky_relu", "leaky_relu_grad"]
+    for a, b in zip(got[0] + got[1], want[0] + want[1]):
+        assert a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
+@needs_onednn
+def test_fast_leaky_relu_gradient_at_exact_zeros_is_the_slope(onednn_runs):
+    """At x = 0 exactly (either sign) oneDNN's gradient is the slope, as PyTorch's; Paddle's is 1.
+    The only inputs where the two differ; the output is the same (the zero)."""
+    x = paddle.to_tensor([-1.0, -0.0, 0.0, 1.0, -1e-45], stop_gradient=False)
+    y = FastLeakyReLU(0.2)(x)
+    (got,) = paddle.grad(y, [x])
+    np.testing.assert_array_equal(y.numpy(), F.leaky_relu(x, 0.2).numpy())
+    np.testing.assert_array_equal(got.numpy(), np.float32([0.2, 0.2, 0.2, 1.0, 0.2]))
+    assert onednn_runs == ["leaky_relu", "leaky_relu_grad"]
+
+
+@needs_onednn
+def test_fast_leaky_relu_inference_keeps_nothing(onednn_runs):
+    fast, x = FastLeakyReLU(0.2), leaky_input([2, 4, 3, 3], seed=44)
+    with paddle.no_grad():
+        y = fast(x)
+    np.testing.assert_array_equal(y.numpy(), F.leaky_relu(x, 0.2).numpy())
+    x.stop_gradient = True
+    assert fast(x).stop_gradient
+    assert onednn_runs == ["leaky_relu", "leaky_relu"]
+
+
+@needs_onednn
+def test_fast_leaky_relu_paddle_grad_first_and_second_order(onednn_runs):
+    """paddle.grad plain (oneDNN's backward) and with create_graph=True (Paddle's ops), then the
+    gradient of the squared input gradient (R1's shape): all equal to the stock layer's."""
+    x = leaky_input([3, 8, 5, 5], seed=45)
+
+    def grads(layer, create_graph):
+        (g,) = paddle.grad(projection(layer(x)), [x], create_graph=create_graph)
+        runs = list(onednn_runs)
+        if not create_graph:
+            return runs, [g]
+        assert not g.stop_gradient
+        return runs, [g, *paddle.grad((g * g).sum(), [x])]  # runs the layer's backward again
+
+    for create_graph in (False, True):
+        onednn_runs.clear()
+        runs, got = grads(FastLeakyReLU(0.2), create_graph)
+        assert runs == ["leaky_relu", *([] if create_graph else ["leaky_relu_grad"])]
+        _, want = grads(nn.LeakyReLU(0.2), create_graph)
+        for a, b in zip(got, want):
+            assert_close(a.numpy(), b.numpy(), rtol=1e-6)
+
+
+LEAKY_STOCK_CASES = ["switched_off", "float64", "negative_slope", "traced"]
+
+
+@pytest.mark.parametrize("case", LEAKY_STOCK_CASES)
+def test_fast_leaky_relu_falls_back_to_the_stock_op(onednn_runs, monkeypatch, case):
+    slope = -0.1 if case == "negative_slope" else 0.2  # oneDNN's backward from y needs >= 0
+    if case == "switched_off":
+        monkeypatch.setenv(onednn.ENV_SWITCH, "0")
+    stock, fast = nn.LeakyReLU(slope), FastLeakyReLU(slope)
+    x = leaky_input([2, 4, 3, 3], seed=46)
+    if case == "float64":
+        x = paddle.to_tensor(x.numpy().astype("float64"), stop_gradient=False)
+    if case == "traced":
+        spec = [InputSpec([None, 4, 3, 3], "float32")]  # as export.py traces
+        fast = paddle.jit.to_static(fast, spec, full_graph=True)
+    want = outputs_and_grads(stock, [x], [])
+    got = outputs_and_grads(fast, [x], [])
+    assert onednn_runs == []
+    for a, b in zip(got[0] + got[1], want[0] + want[1]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_models_use_the_fast_leaky_relu():
+    for net in (DCGANDiscriminator(4, 1, 16), ACGANDiscriminator(2, 1, 8, 3), MLPDiscriminator()):
+        layers = net.sublayers()
+        assert any(isinstance(layer, FastLeakyReLU) for layer in layers)
+        assert all(type(layer) is not nn.LeakyReLU for layer in layers)
 
 
 # ---------------------------------------------------------------------------------- devices
@@ -638,7 +747,8 @@ def test_models_keep_their_checkpoint_keys(net):
 
 def stock_run(layers, x):
     """Run a Sequential as the stock layers would: Upsample where the Identity keeps its slot,
-    nn.Conv2D's or nn.Conv2DTranspose's own forward on every (faster) conv's parameters."""
+    nn.Conv2D's or nn.Conv2DTranspose's own forward on every (faster) conv's parameters,
+    nn.LeakyReLU's for FastLeakyReLU."""
     for layer in layers:
         if isinstance(layer, nn.Identity):
             x = F.interpolate(x, scale_factor=2, mode="nearest")
@@ -646,6 +756,8 @@ def stock_run(layers, x):
             x = nn.Conv2D.forward(layer, x)
         elif isinstance(layer, nn.Conv2DTranspose):
             x = nn.Conv2DTranspose.forward(layer, x)
+        elif isinstance(layer, nn.LeakyReLU):
+            x = nn.LeakyReLU.forward(layer, x)
         else:
             x = layer(x)
     return x

@@ -9,7 +9,7 @@ import math
 import paddle
 from paddle import nn
 
-from paddlegan_lite.models.layers import Dropout, FastConv2D, UpsampleConv2D
+from paddlegan_lite.models.layers import Dropout, FastConv2D, FastLeakyReLU, UpsampleConv2D
 
 
 def _same_stride2(size: int) -> int:
@@ -72,19 +72,19 @@ class ACGANDiscriminator(nn.Layer):
         self.num_features = 8 * ndf * side * side
         self.features = nn.Sequential(
             FastConv2D(channels, ndf, 3, stride=2, padding=1),
-            nn.LeakyReLU(0.2),
+            FastLeakyReLU(0.2),
             Dropout(dropout),
             FastConv2D(ndf, 2 * ndf, 3, stride=2, padding=1),
             nn.Pad2D([0, 1, 0, 1]),  # Keras ZeroPadding2D(((0, 1), (0, 1))): 7x7 -> 8x8 on MNIST
-            nn.LeakyReLU(0.2),
+            FastLeakyReLU(0.2),
             Dropout(dropout),
             nn.BatchNorm2D(2 * ndf, momentum=0.8),
             FastConv2D(2 * ndf, 4 * ndf, 3, stride=2, padding=1),
-            nn.LeakyReLU(0.2),
+            FastLeakyReLU(0.2),
             Dropout(dropout),
             nn.BatchNorm2D(4 * ndf, momentum=0.8),
             FastConv2D(4 * ndf, 8 * ndf, 3, stride=1, padding=1),
-            nn.LeakyReLU(0.2),
+            FastLeakyReLU(0.2),
             Dropout(dropout),
         )  # state size. (ndf*8) x side x side
         self.adv_head = nn.Linear(self.num_features, 1)

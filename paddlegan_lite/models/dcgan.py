@@ -10,7 +10,7 @@ import math
 
 from paddle import nn
 
-from paddlegan_lite.models.layers import FastConv2D, FastConv2DTranspose
+from paddlegan_lite.models.layers import FastConv2D, FastConv2DTranspose, FastLeakyReLU
 
 
 def num_doublings(image_size: int) -> int:
@@ -60,13 +60,13 @@ class DCGANDiscriminator(nn.Layer):
         super().__init__()
         n = num_doublings(image_size)
         # input is (channels) x image_size x image_size; no BatchNorm on the first layer (paper)
-        layers = [FastConv2D(channels, ndf, 4, 2, 1, bias_attr=False), nn.LeakyReLU(0.2)]
+        layers = [FastConv2D(channels, ndf, 4, 2, 1, bias_attr=False), FastLeakyReLU(0.2)]
         width = ndf
         for _ in range(n - 1):
             layers += [
                 FastConv2D(width, width * 2, 4, 2, 1, bias_attr=False),
                 nn.BatchNorm2D(width * 2),
-                nn.LeakyReLU(0.2),
+                FastLeakyReLU(0.2),
             ]  # each: channels double, side halves
             width *= 2
         # state size. (ndf * 2^(n-1)) x 4 x 4 -> one logit (the kernel covers it: one matmul)

@@ -122,6 +122,17 @@ class UpsampleConv2D(nn.Conv2D):
         return _add_bias(y, self.bias)
 
 
+class FastLeakyReLU(nn.LeakyReLU):
+    """nn.LeakyReLU; float32 on CPU runs on oneDNN (multi-threaded, where Paddle's CPU kernel uses
+    one thread) for a slope >= 0, which its backward needs: it reads the output. One difference:
+    at an input of exactly 0 oneDNN's gradient is the slope (as PyTorch's), Paddle's 1."""
+
+    def forward(self, x):
+        if self._negative_slope >= 0 and onednn.activation_supported(x):
+            return onednn.leaky_relu(x, self._negative_slope)
+        return super().forward(x)
+
+
 class Dropout(nn.Dropout):
     """nn.Dropout whose gradient can be differentiated again (R1 and gradient penalties through
     AC-GAN's D): Paddle 3.3's dropout_grad has no grad op. In training the stock op draws the
@@ -136,4 +147,4 @@ class Dropout(nn.Dropout):
         return x * mask
 
 
-__all__ = ["Dropout", "FastConv2D", "FastConv2DTranspose", "UpsampleConv2D"]
+__all__ = ["Dropout", "FastConv2D", "FastConv2DTranspose", "FastLeakyReLU", "UpsampleConv2D"]
