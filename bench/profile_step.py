@@ -82,7 +82,7 @@ def main() -> int:
     parser.add_argument("--config", default="dcgan_mnist")
     parser.add_argument("--steps", type=int, default=5, help="profiled steps (after 3 warm-up)")
     parser.add_argument("--framework", default="paddle", choices=("paddle", "torch"))
-    parser.add_argument("--torch_threads", type=int, default=1, help="0: PyTorch's default")
+    parser.add_argument("--torch_threads", type=int, default=0, help="0: PyTorch's default")
     parser.add_argument("-o", "--override", nargs="+", default=[], help="config overrides")
     args = parser.parse_args()
     import paddlegan_lite  # noqa: F401  (CPU math set-up before Paddle loads)
@@ -92,6 +92,9 @@ def main() -> int:
         overrides = [f"train.output_dir={tmp}", *args.override]
         cfg = load_config(REPO_ROOT / "configs" / f"{args.config}.yaml", overrides)
         if args.framework == "paddle":
+            from paddlegan_lite.runtime import use_cpu_threads
+
+            use_cpu_threads(cfg.train.threads)  # as tools/train.py: -o train.threads=N to pin
             per_kind, step_ms = profile_paddle(cfg, args.steps, Path(tmp))
         else:
             per_kind, step_ms = profile_torch(cfg, args.steps, Path(tmp), args.torch_threads)

@@ -26,6 +26,17 @@ def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> N
     )
 
 
+def add_predictor_args(parser: argparse.ArgumentParser) -> None:
+    """The flags of a tool that runs an exported model: device, CPU threads, oneDNN."""
+    parser.add_argument("--device", default="cpu", help="cpu (default), gpu or gpu:N")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="CPU math threads (0: every physical core)"
+    )
+    parser.add_argument(
+        "--no_mkldnn", action="store_true", help="CPU: plain kernels instead of oneDNN"
+    )
+
+
 def run_tool(main) -> None:
     """Call `main()`; a UserError becomes `error: <message>` on stderr and exit code 2."""
     from paddlegan_lite.logger import setup_console_logging

@@ -9,12 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_files import write_mnist_idx
+from conftest import export_tiny_models
 from PIL import Image
 
 from paddlegan_lite import inference
-from paddlegan_lite.config import load_config
-from paddlegan_lite.export import export_model
 from paddlegan_lite.inference import (
     Generator,
     InferenceError,
@@ -24,7 +22,6 @@ from paddlegan_lite.inference import (
     parse_int_ranges,
     save_seed_images,
 )
-from paddlegan_lite.trainer import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # init_std=0 (Paddle's default init) gives images that differ visibly after a few steps, so walk
@@ -38,22 +35,7 @@ TINY = {
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """name -> exported model folder (trained 3 steps on tiny MNIST files)."""
-    root = tmp_path_factory.mktemp("infer")
-    write_mnist_idx(root / "mnist", n=32, seed=1)
-    folders = {}
-    for name, tiny in TINY.items():
-        overrides = tiny + [
-            f"data.root={root / 'mnist'}",
-            "data.download=false",
-            f"train.output_dir={root / name}",
-            "train.max_steps=3",
-            "train.batch_size=8",
-            "train.num_samples=10",
-        ]
-        train(load_config(REPO_ROOT / "configs" / f"{name}.yaml", overrides))
-        folders[name] = root / f"{name}_inference"
-        export_model(root / name / "checkpoints" / "latest", folders[name])
-    return folders
+    return export_tiny_models(tmp_path_factory.mktemp("infer"), TINY)
 
 
 def run_infer(*args, timeout=120):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_files import write_mnist_idx
+from conftest import export_tiny_models
 from PIL import Image
 
 pytest.importorskip("fastapi", reason="the service needs the serve extra: pip install -e .[serve]")
@@ -32,11 +32,8 @@ with warnings.catch_warnings():  # Starlette 1.x prefers httpx2; httpx 0.28 work
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient  # noqa: E402
 
-from paddlegan_lite.config import load_config  # noqa: E402
-from paddlegan_lite.export import export_model  # noqa: E402
 from paddlegan_lite.inference import Generator  # noqa: E402
 from paddlegan_lite.serve import Batcher, ServeOptions, Service, create_app  # noqa: E402
-from paddlegan_lite.trainer import train  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Tiny widths, 3 steps: real layers and a real export in about a second each. init_std=0 makes
@@ -47,28 +44,9 @@ TINY = {
 }
 
 
-def export_tiny_models(root: Path) -> dict:
-    """name -> exported model folder, each trained 3 steps on tiny MNIST files under root."""
-    write_mnist_idx(root / "mnist", n=32, seed=1)
-    folders = {}
-    for name, tiny in TINY.items():
-        overrides = tiny + [
-            f"data.root={root / 'mnist'}",
-            "data.download=false",
-            f"train.output_dir={root / name}",
-            "train.max_steps=3",
-            "train.batch_size=8",
-            "train.num_samples=10",
-        ]
-        train(load_config(REPO_ROOT / "configs" / f"{name}.yaml", overrides))
-        folders[name] = root / f"{name}_inference"
-        export_model(root / name / "checkpoints" / "latest", folders[name])
-    return folders
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    return export_tiny_models(tmp_path_factory.mktemp("serve_models"))
+    return export_tiny_models(tmp_path_factory.mktemp("serve_models"), TINY)
 
 
 @pytest.fixture(scope="module")

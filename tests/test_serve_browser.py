@@ -27,12 +27,13 @@ from PIL import Image
 pytest.importorskip("fastapi", reason="the service needs the serve extra: pip install -e .[serve]")
 pytest.importorskip("selenium", reason="the browser tests need selenium: pip install -e .[dev]")
 
+from conftest import export_tiny_models  # noqa: E402
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
-from test_serve import export_tiny_models, free_port, running_service  # noqa: E402
+from test_serve import TINY, free_port, running_service  # noqa: E402
 
 from paddlegan_lite.inference import Generator  # noqa: E402
 
@@ -168,7 +169,7 @@ def browser(tmp_path):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    return export_tiny_models(tmp_path_factory.mktemp("browser_models"))
+    return export_tiny_models(tmp_path_factory.mktemp("browser_models"), TINY)
 
 
 def save_screenshot(browser: Browser, tmp_path: Path, name: str) -> Path:

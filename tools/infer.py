@@ -23,7 +23,7 @@ import time
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 import paddlegan_lite  # noqa: F401  (sets CPU math flags before Paddle loads)
-from paddlegan_lite.cli import run_tool
+from paddlegan_lite.cli import add_predictor_args, run_tool
 from paddlegan_lite.errors import UserError
 
 
@@ -47,13 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=16, help="walk frames, ends included")
     parser.add_argument("--gif", help="write the walk as an animated GIF here")
     parser.add_argument("--batch_size", type=int, default=64, help="images per predictor run")
-    parser.add_argument("--device", default="cpu", help="cpu (default), gpu or gpu:N")
-    parser.add_argument(
-        "--threads", type=int, default=0, help="CPU math threads (0: Paddle's default, 1)"
-    )
-    parser.add_argument(
-        "--no_mkldnn", action="store_true", help="CPU: plain kernels instead of oneDNN"
-    )
+    add_predictor_args(parser)
     return parser
 
 

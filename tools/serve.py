@@ -19,7 +19,7 @@ Seed s gives the same bytes as tools/infer.py. Bad input: a 4xx with {"error", "
 One predictor per process, run on one thread: requests arriving within --batch_window_ms of each
 other share a predictor call of up to --max_batch images. --workers N starts N processes, each
 loading its own predictor (N times the memory) and batching only its own requests; on a CPU
-one worker with --threads set to the cores usually serves best.
+one worker using every core (the default --threads 0) usually serves best.
 """
 
 import argparse
@@ -31,7 +31,7 @@ import sys
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 import paddlegan_lite  # noqa: F401  (sets CPU math flags before Paddle loads)
-from paddlegan_lite.cli import run_tool
+from paddlegan_lite.cli import add_predictor_args, run_tool
 from paddlegan_lite.errors import UserError
 
 
@@ -61,13 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_images", type=int, default=256, help="images one request may ask for"
     )
     parser.add_argument("--max_walk_steps", type=int, default=64, help="frames of one walk")
-    parser.add_argument("--device", default="cpu", help="cpu (default), gpu or gpu:N")
-    parser.add_argument(
-        "--threads", type=int, default=0, help="CPU math threads (0: Paddle's default, 1)"
-    )
-    parser.add_argument(
-        "--no_mkldnn", action="store_true", help="CPU: plain kernels instead of oneDNN"
-    )
+    add_predictor_args(parser)
     return parser
 
 
