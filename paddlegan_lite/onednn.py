@@ -7,8 +7,10 @@ DCGAN's layers (forward and backward: 0.6-0.85x).
 a PyLayer that also serves `paddle.grad` for some of its inputs and, through Paddle's stock ops,
 `create_graph=True` (R1 and gradient penalties). `supported` says when they apply (all tensors
 on the CPU; mixed devices are refused); everywhere else callers run the stock Paddle op.
+The discriminators' LeakyReLU runs on oneDNN's eltwise primitive the same way (`leaky_relu`).
 Threads: this libdnnl is an OpenMP build running on the libiomp5 Paddle loads and sizes, so it
-uses Paddle's thread count (1, or OMP_NUM_THREADS); PADDLEGAN_LITE_ONEDNN=0 switches it off.
+uses Paddle's thread count (runtime.use_cpu_threads: every physical core unless told otherwise;
+tests/test_hardware.py reads oneDNN's own count back); PADDLEGAN_LITE_ONEDNN=0 switches it off.
 """
 
 from __future__ import annotations
