@@ -71,7 +71,7 @@ def main() -> int:
     print(f"`{shlex.join([sys.executable, *sys.argv])}`\n")
     print(
         f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; service: 1 worker, "
-        f"--threads {args.threads} (0: every physical core); {args.clients} client "
+        f"--threads {args.threads} (0: one math thread); {args.clients} client "
         f"threads in the bench process; Python {platform.python_version()}; "
         f"1-min load average {load_before:.1f} before, {load_after:.1f} after; "
         f"model {model_dir.name if args.model_dir else 'acgan_mnist (full width, made here)'}\n"

@@ -206,14 +206,6 @@ def input_names(num_classes: int) -> list[str]:
     return ["z", "labels"] if num_classes else ["z"]
 
 
-def default_cpu_threads() -> int:
-    """Every physical core (OMP_NUM_THREADS where set), as training uses: Paddle Inference's own
-    default is one thread."""
-    from paddlegan_lite.runtime import cpu_threads
-
-    return cpu_threads(0)[0]
-
-
 def create_predictor(
     model_dir: Path, cfg: dict, device: str = "cpu", cpu_threads: int = 0, mkldnn: bool = True
 ):
@@ -230,7 +222,7 @@ def create_predictor(
         config.enable_use_gpu(256, _gpu_id(device))  # 256 MB initial pool; it grows on demand
     else:
         config.disable_gpu()
-        config.set_cpu_math_library_num_threads(cpu_threads or default_cpu_threads())
+        config.set_cpu_math_library_num_threads(cpu_threads or 1)
         if mkldnn:
             config.enable_mkldnn()
             # Paddle 3.3.1's oneDNN placement pass moves nearest_interp (AC-GAN's upsampling)
@@ -287,7 +279,7 @@ class Generator:
             raise InferenceError(f"batch size must be > 0, got {batch_size}")
         if cpu_threads < 0:
             raise InferenceError(
-                f"CPU threads must be >= 0 (0: every physical core), got {cpu_threads}"
+                f"CPU threads must be >= 0 (0: one thread), got {cpu_threads}"
             )
         self.model_dir = Path(model_dir).expanduser()
         self.cfg = read_infer_cfg(self.model_dir)

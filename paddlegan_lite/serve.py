@@ -63,7 +63,7 @@ class ServeOptions:
     max_seed: int = 2**32 - 1  # seeds are integers in 0..max_seed
     max_body_bytes: int = 65536  # POST bodies; 256 seeds take about 3 KB
     device: str = "cpu"  # cpu, gpu or gpu:N
-    cpu_threads: int = 0  # CPU math threads of the predictor (0: every physical core)
+    cpu_threads: int = 0  # CPU math threads of the predictor (0: one; see tools/infer.py --help)
     mkldnn: bool = True  # oneDNN kernels on CPU
 
     def check(self) -> None:

@@ -64,6 +64,9 @@ def main() -> int:
     config_path = args.data or args.config
     if args.override and not config_path:
         raise UserError("-o needs -c or --data: overrides apply to a config file")
+    from paddlegan_lite.runtime import use_cpu_threads
+
+    use_cpu_threads()  # every physical core, as training (OMP_NUM_THREADS wins)
     if args.checkpoint:
         model = evaluation.load_checkpoint_model(args.checkpoint, args.device, args.weights)
     else:

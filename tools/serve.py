@@ -19,7 +19,8 @@ Seed s gives the same bytes as tools/infer.py. Bad input: a 4xx with {"error", "
 One predictor per process, run on one thread: requests arriving within --batch_window_ms of each
 other share a predictor call of up to --max_batch images. --workers N starts N processes, each
 loading its own predictor (N times the memory) and batching only its own requests; on a CPU
-one worker using every core (the default --threads 0) usually serves best.
+one worker with --threads set to the cores usually serves best (the default, one thread, keeps
+each seed's image bit-identical whatever else shares its batch).
 """
 
 import argparse
