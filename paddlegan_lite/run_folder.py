@@ -44,8 +44,7 @@ def claim(run_dir: str | Path) -> RunFolderLock:
             f"{where}: cannot write the run folder ({exc.strerror or exc})"
         ) from None
     if not _try_lock(handle):
-        handle.seek(0)
-        holder = _describe(handle.read())
+        holder = _describe(_read_holder(handle))
         handle.close()
         raise UserError(
             f"{where} is in use by another training ({holder}): wait for it to finish, or choose "
@@ -65,6 +64,18 @@ def claim(run_dir: str | Path) -> RunFolderLock:
     )
     handle.flush()
     return RunFolderLock(run_dir, handle)
+
+
+def _read_holder(handle, wait_s: float = 2.0) -> str:
+    """The holder's record; it writes it just after taking the lock, so an empty file is waited
+    for briefly (two runs started together)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        handle.seek(0)
+        text = handle.read()
+        if text.strip() or time.monotonic() > deadline:
+            return text
+        time.sleep(0.05)
 
 
 def _try_lock(handle) -> bool:
