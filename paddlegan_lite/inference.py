@@ -278,9 +278,7 @@ class Generator:
         if batch_size <= 0:
             raise InferenceError(f"batch size must be > 0, got {batch_size}")
         if cpu_threads < 0:
-            raise InferenceError(
-                f"CPU threads must be >= 0 (0: one thread), got {cpu_threads}"
-            )
+            raise InferenceError(f"CPU threads must be >= 0 (0: one thread), got {cpu_threads}")
         self.model_dir = Path(model_dir).expanduser()
         self.cfg = read_infer_cfg(self.model_dir)
         self.nz = self.cfg["nz"]

@@ -40,9 +40,7 @@ def claim(run_dir: str | Path) -> RunFolderLock:
         run_dir.mkdir(parents=True, exist_ok=True)
         handle = open(run_dir / LOCK_FILE, "a+", encoding="utf-8")
     except OSError as exc:
-        raise UserError(
-            f"{where}: cannot write the run folder ({exc.strerror or exc})"
-        ) from None
+        raise UserError(f"{where}: cannot write the run folder ({exc.strerror or exc})") from None
     if not _try_lock(handle):
         holder = _describe(_read_holder(handle))
         handle.close()

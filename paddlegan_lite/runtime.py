@@ -95,7 +95,6 @@ def keep_freed_memory() -> bool:
     )
 
 
-
 def _omp_threads_from_user() -> str | None:
     """OMP_NUM_THREADS as the user set it. `import paddle` sets "1" where it is unset, so this is
     read when the package loads; after Paddle, a "1" is taken as Paddle's, not the user's."""

@@ -164,9 +164,7 @@ def test_ranks_agree_on_stopping_only_at_log_steps(repo_root, mnist_root, tmp_pa
                "train.log_interval=4")  # fmt: skip
     trainer = build_trainer(cfg, build_dataset(cfg.data, 28, 1, train=True))
     asked_at = []
-    monkeypatch.setattr(
-        distributed, "any_rank", lambda flag: asked_at.append(trainer.step) or flag
-    )
+    monkeypatch.setattr(distributed, "any_rank", lambda flag: asked_at.append(trainer.step) or flag)
     trainer.world_size = 2  # as a rank of a 2-process job sees it (the collective is patched)
     trainer.fit()
     assert trainer.step == 12
@@ -224,9 +222,7 @@ def test_sync_bn_self_check_refuses_statistics_that_differ_between_ranks(
 
     net = DCGANDiscriminator(image_size=32, channels=1, ndf=8)
     monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
-    monkeypatch.setattr(
-        distributed, "_min_max_float", lambda value: (value, value * (1 + spread))
-    )
+    monkeypatch.setattr(distributed, "_min_max_float", lambda value: (value, value * (1 + spread)))
     if refused:
         with pytest.raises(UserError, match="BatchNorm statistics differ between ranks"):
             distributed.check_batchnorm_synced(net)
