@@ -30,6 +30,8 @@ MODEL_NAMES = ("mlp_gan", "dcgan", "acgan")
 LOSS_NAMES = ("vanilla", "lsgan", "hinge")
 DATASET_NAMES = ("mnist", "cifar10", "folder")
 AMP_MODES = ("off", "fp16", "bf16")  # train.amp
+DIFFAUGMENT_POLICIES = ("color", "translation", "cutout")  # train.diffaugment (augment.py)
+SPECTRAL_NORM_MODES = ("", "d", "gd")  # model.spectral_norm: off, D, G and D
 MAX_DEPTH = 20  # YAML nesting refused beyond this (a config needs 4: root, optimizer, g, lr)
 # Widths, sizes and batch sizes above this are refused outright: no machine holds such a tensor,
 # and it keeps the memory estimate's arithmetic within float range.
@@ -51,6 +53,7 @@ class ModelConfig:
     hidden: int = 256  # MLP GAN hidden units
     num_classes: int = 0  # > 0 for conditional models (AC-GAN)
     init_std: float = 0.02  # N(0, init_std) init of conv weights (DCGAN paper); 0 keeps Paddle's
+    spectral_norm: str = ""  # "" off | d: D's conv/linear weights | gd: G's too (Miyato 2018)
 
 
 @dataclass
@@ -82,6 +85,7 @@ class TrainConfig:
     amp: str = "off"  # off | fp16 | bf16: GPU mixed precision (auto_cast O1; fp16 + GradScaler)
     threads: int = 0  # CPU math threads per process; 0: OMP_NUM_THREADS if set, else all cores
     deterministic: bool = False  # deterministic GPU kernels (cuDNN): exact resume, some speed lost
+    diffaugment: str = ""  # DiffAugment policies, e.g. color,translation,cutout; "": off
 
 
 @dataclass
@@ -346,6 +350,13 @@ def _check_values(cfg: Config, source: str) -> None:
     _check_choice(e.extractor, ("classifier", "inception"), "eval.extractor", source)
     _check_choice(m.channels, (1, 3), "model.channels", source)
     _check_choice(t.amp, AMP_MODES, "train.amp", source)
+    for policy in diffaugment_policies(t.diffaugment):
+        _check_choice(policy, DIFFAUGMENT_POLICIES, "train.diffaugment", source)
+    if m.spectral_norm not in SPECTRAL_NORM_MODES:
+        raise ConfigError(
+            f"{source}: 'model.spectral_norm' is {_short(m.spectral_norm)}; valid: \"\" (off), "
+            "d (discriminator), gd (generator and discriminator)"
+        )
     inf = math.inf
     # (key, value, lowest allowed, highest allowed, whether the lowest itself is allowed)
     ranges = [
@@ -595,6 +606,11 @@ def _short(value) -> str:
     """A value for an error line: nested or huge values (YAML alias bombs) cut short."""
     text = _SHORT.repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def diffaugment_policies(text: str) -> list[str]:
+    """train.diffaugment as a list: "color, cutout" -> ["color", "cutout"]; "" -> []."""
+    return [part.strip() for part in text.split(",")] if text.strip() else []
 
 
 def _check_choice(value: str, choices: tuple, key: str, source: str) -> None:

@@ -24,6 +24,7 @@ import paddle.nn.functional as F
 
 from paddlegan_lite import checkpoint as ckpt
 from paddlegan_lite import distributed, run_folder
+from paddlegan_lite.augment import diff_augment
 from paddlegan_lite.cli import exit_now
 from paddlegan_lite.config import (
     Config,
@@ -257,7 +258,8 @@ class GANTrainer:
         return min(self.cfg.train.ema_decay, (1 + self.step) / (10 + self.step))
 
     def update_ema(self) -> None:
-        """ema = decay * ema + (1 - decay) * G for weights; BatchNorm statistics are copied."""
+        """ema = decay * ema + (1 - decay) * G for weights; BatchNorm statistics and buffers
+        (spectral norm's power-iteration vectors u, v) are copied."""
         decay = self.ema_decay()
         with paddle.no_grad():
             for ema_p, p in zip(self.netG_ema.parameters(), self.netG.parameters()):
@@ -265,16 +267,19 @@ class GANTrainer:
                     ema_p.set_value(p)
                 else:
                     ema_p.set_value(ema_p * decay + p * (1.0 - decay))
+            for ema_b, b in zip(self.netG_ema.buffers(), self.netG.buffers()):
+                ema_b.set_value(b)
 
     def d_step(self, real, labels):
         z, gen_labels = self.sample_latent(real.shape[0])
         distributed.seed_per_rank(self.step_seed())  # each rank its own dropout masks
         # through the DataParallel wrappers: this backward averages D's gradients over ranks, the
         # G step's backward (which reaches G through `fake`) averages G's
+        policy = self.cfg.train.diffaugment  # D sees only augmented images, real and fake
         with self.autocast():
             fake = self.generate(z, gen_labels, net=self.dp_netG)
-            real_out = self.dp_netD(real)
-            fake_out = self.dp_netD(fake.detach())
+            real_out = self.dp_netD(diff_augment(real, policy))
+            fake_out = self.dp_netD(diff_augment(fake.detach(), policy))
         # losses, logs and checkpoints in float32 whatever precision D ran in (train.amp)
         loss, real_logits, fake_logits = self.d_objective(
             as_float32(real_out), as_float32(fake_out), labels, gen_labels
@@ -289,7 +294,8 @@ class GANTrainer:
         # so there is nothing of D's to average (the G step's gradient reaches G through `fake`)
         with frozen(self.netD):
             with self.autocast():
-                fake_out = self.netD(fake)
+                # fresh draws; G's gradient flows back through the augmentation
+                fake_out = self.netD(diff_augment(fake, self.cfg.train.diffaugment))
             loss = self.g_objective(as_float32(fake_out), gen_labels)
             self.backward_and_step(loss, self.optG, self.scalerG)
         return loss.detach()
