@@ -27,7 +27,7 @@ from paddlegan_lite.cli import check_output_dir
 from paddlegan_lite.config import Config, config_from_dict, config_to_dict, model_differences
 from paddlegan_lite.errors import UserError
 from paddlegan_lite.logger import log
-from paddlegan_lite.models import build_models
+from paddlegan_lite.models import build_models, refresh_spectral_norm
 
 MODEL_PREFIX = "inference"  # -> inference.json (inference.pdmodel before PIR) + .pdiparams
 ONNX_FILE = "inference.onnx"
@@ -200,6 +200,7 @@ def export_generator(netG: nn.Layer, output_dir: Path, config: dict, source: dic
         specs.append(InputSpec([None], "int64", name="labels"))
     wrapper = (ConditionalExport if conditional else UnconditionalExport)(netG)
     wrapper.eval()
+    refresh_spectral_norm(netG)  # jit.save skips the hooks that normalise weights
     paddle.jit.save(wrapper, str(output_dir / MODEL_PREFIX), input_spec=specs)
     infer_cfg = make_infer_cfg(netG, output_dir, config, source)
     write_infer_cfg(output_dir, infer_cfg)

@@ -7,6 +7,11 @@ it too (tests/test_config.py builds every family and compares the counts).
 
 from __future__ import annotations
 
+import paddle
+from paddle import nn
+from paddle.nn.utils import spectral_norm
+from paddle.nn.utils.spectral_norm_hook import SpectralNorm
+
 from paddlegan_lite.config import ModelConfig
 from paddlegan_lite.models.acgan import ACGANDiscriminator, ACGANGenerator
 from paddlegan_lite.models.dcgan import DCGANDiscriminator, DCGANGenerator, init_weights
@@ -47,11 +52,53 @@ def build_models(m: ModelConfig):
         raise ConfigError(f"model: {exc}") from None
     init_weights(netG, m.init_std)
     init_weights(netD, m.init_std)
+    if "d" in m.spectral_norm:
+        apply_spectral_norm(netD)
+    if "g" in m.spectral_norm:
+        apply_spectral_norm(netG)
     return netG, netD
 
 
+def apply_spectral_norm(net: nn.Layer) -> nn.Layer:
+    """Spectral normalisation (Miyato et al. 2018) of every conv, transposed-conv and linear
+    weight of a built net, in place, with Paddle's own hook (paddle.nn.utils.spectral_norm).
+
+    Each such layer's `weight` parameter becomes `weight_orig`, with buffers `weight_u` and
+    `weight_v` (all three in the state_dict, so checkpoints keep them); before every forward the
+    hook sets `layer.weight` to weight_orig / sigma, sigma estimated by one power iteration per
+    training-mode forward (none in eval mode). The fast layers (models/layers.py) subclass the
+    stock ones and read `self.weight` in forward, so they use the normalised weight too.
+
+    The weight is seen as a matrix [out, -1] (the `dim` moved first), as in PyTorch: dim 0 for
+    Conv2D's [out, in, k, k]; dim 1 for Conv2DTranspose's [in, out, k, k] and Linear's [in, out].
+    """
+    for layer in net.sublayers(include_self=True):
+        if isinstance(layer, (nn.Conv2DTranspose, nn.Linear)):
+            spectral_norm(layer, dim=1)
+        elif isinstance(layer, nn.Conv2D):
+            spectral_norm(layer, dim=0)
+    return net
+
+
+def refresh_spectral_norm(net: nn.Layer) -> None:
+    """Set each normalised layer's `weight` to weight_orig / sigma from its current u and v (no
+    power iteration), as its hook does before an eval-mode forward.
+
+    paddle.jit.save traces `forward` without the forward pre-hooks, so the exported program holds
+    `weight` as it stands: stale after loading a checkpoint or an optimizer step. export.py calls
+    this first (tests/test_spectral_norm.py checks Paddle Inference against the dynamic graph).
+    """
+    with paddle.no_grad():
+        for layer in net.sublayers(include_self=True):
+            for hook in layer._forward_pre_hooks.values():
+                if isinstance(hook, SpectralNorm):
+                    setattr(layer, hook.name, hook.compute_weight(layer, False))
+
+
 __all__ = [
+    "apply_spectral_norm",
     "build_models",
+    "refresh_spectral_norm",
     "MODEL_BUILDERS",
     "ACGANGenerator",
     "ACGANDiscriminator",
