@@ -27,7 +27,7 @@ import yaml
 from paddlegan_lite.errors import UserError
 
 MODEL_NAMES = ("mlp_gan", "dcgan", "acgan")
-LOSS_NAMES = ("vanilla", "lsgan", "hinge")
+LOSS_NAMES = ("vanilla", "lsgan", "hinge", "wgan")
 DATASET_NAMES = ("mnist", "cifar10", "folder")
 AMP_MODES = ("off", "fp16", "bf16")  # train.amp
 DIFFAUGMENT_POLICIES = ("color", "translation", "cutout")  # train.diffaugment (augment.py)
@@ -70,10 +70,13 @@ class TrainConfig:
     epochs: int = 5  # passes over the dataset (0: run until max_steps)
     max_steps: int = 0  # stop after this many steps (0: no cap); for smoke tests
     batch_size: int = 64  # images per step and process (the last partial batch is dropped)
-    loss: str = "vanilla"  # vanilla | lsgan | hinge (see losses.py)
+    loss: str = "vanilla"  # vanilla | lsgan | hinge | wgan (see losses.py)
     real_label: float = 1.0  # target for real images in the D loss (0.9: one-sided smoothing)
     d_steps: int = 1  # discriminator steps per generator step
     cls_weight: float = 1.0  # AC-GAN: weight of the class cross-entropy terms
+    gp_weight: float = 0.0  # > 0: WGAN-GP gradient penalty on D, with this weight (10 in the paper)
+    r1_gamma: float = 0.0  # > 0: R1 penalty on D's gradient at real images, gamma / 2 * ||grad||^2
+    r1_interval: int = 1  # R1 every this many D steps, scaled by it (lazy, as StyleGAN2)
     device: str = "auto"  # auto (GPU when Paddle has CUDA and a device), cpu, gpu, gpu:N
     output_dir: str = ""  # run folder; empty means output/<config file stem>
     log_interval: int = 50  # steps between log lines / VisualDL scalars / metrics.jsonl rows
@@ -375,6 +378,9 @@ def _check_values(cfg: Config, source: str) -> None:
         ("train.real_label", t.real_label, 0, 1, False),
         ("train.d_steps", t.d_steps, 0, inf, False),
         ("train.cls_weight", t.cls_weight, 0, inf, True),
+        ("train.gp_weight", t.gp_weight, 0, inf, True),
+        ("train.r1_gamma", t.r1_gamma, 0, inf, True),
+        ("train.r1_interval", t.r1_interval, 0, inf, False),
         ("train.log_interval", t.log_interval, 0, inf, False),
         ("train.sample_interval", t.sample_interval, 0, inf, False),
         ("train.save_interval", t.save_interval, 0, inf, False),

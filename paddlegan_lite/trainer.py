@@ -36,7 +36,13 @@ from paddlegan_lite.config import (
 from paddlegan_lite.errors import UserError
 from paddlegan_lite.images import make_grid, save_png, to_uint8
 from paddlegan_lite.logger import RunLogger, log
-from paddlegan_lite.losses import d_loss, d_output_mean, g_loss
+from paddlegan_lite.losses import (
+    d_loss,
+    d_output_mean,
+    g_loss,
+    gradient_penalty,
+    r1_penalty,
+)
 
 # ops auto_cast(fp16) runs in float16 beyond Paddle's own O1 white list (see GANTrainer.autocast)
 AMP_FP16_EXTRA_WHITE_LIST = {"conv2d_transpose"}
@@ -278,12 +284,15 @@ class GANTrainer:
         policy = self.cfg.train.diffaugment  # D sees only augmented images, real and fake
         with self.autocast():
             fake = self.generate(z, gen_labels, net=self.dp_netG)
-            real_out = self.dp_netD(diff_augment(real, policy))
-            fake_out = self.dp_netD(diff_augment(fake.detach(), policy))
+            real_in = diff_augment(real, policy)
+            real_out = self.dp_netD(real_in)
+            fake_in = diff_augment(fake.detach(), policy)
+            fake_out = self.dp_netD(fake_in)
         # losses, logs and checkpoints in float32 whatever precision D ran in (train.amp)
         loss, real_logits, fake_logits = self.d_objective(
             as_float32(real_out), as_float32(fake_out), labels, gen_labels
         )
+        loss = loss + self.d_penalty(real_in, fake_in)  # train.gp_weight, train.r1_gamma
         self.backward_and_step(loss, self.optD, self.scalerD)
         d_real = d_output_mean(self.loss_kind, real_logits.detach())
         d_fake = d_output_mean(self.loss_kind, fake_logits.detach())
@@ -323,6 +332,28 @@ class GANTrainer:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+
+    def d_penalty(self, real, fake):
+        """Gradient penalties on D (losses.py) on the images D just saw, in float32; 0 if off.
+
+        R1 with train.r1_interval = k > 1 runs on every k-th D step only, scaled by k (lazy
+        regularisation, Karras et al. 2020), so its average weight stays r1_gamma."""
+        t = self.cfg.train
+        penalty = paddle.zeros([], dtype="float32")
+        if t.gp_weight == 0 and t.r1_gamma == 0:
+            return penalty
+
+        def adversarial_logits(x):  # AC-GAN's D also returns class logits: not penalised
+            with self.autocast():
+                out = self.dp_netD(x)
+            out = as_float32(out)
+            return out[0] if isinstance(out, (tuple, list)) else out
+
+        if t.gp_weight > 0:
+            penalty = penalty + gradient_penalty(adversarial_logits, real, fake, t.gp_weight)
+        if t.r1_gamma > 0 and self.step % t.r1_interval == 0:
+            penalty = penalty + r1_penalty(adversarial_logits, real, t.r1_gamma * t.r1_interval)
+        return penalty
 
     def d_objective(self, real_out, fake_out, labels, gen_labels):
         """(loss, real logits, fake logits) from D's outputs on real and fake images."""

@@ -75,7 +75,7 @@ def test_int_accepted_for_float(tmp_path):
         ("train: {epochs: 2.5}\n", None, "'train.epochs' must be int"),
         ("data: {download: 1}\n", None, "'data.download' must be bool"),
         ("model: {name: vae}\n", None, "'model.name' is 'vae'; valid: mlp_gan, dcgan, acgan"),
-        ("train: {loss: wgan}\n", None, "valid: vanilla, lsgan, hinge"),
+        ("train: {loss: rsgan}\n", None, "valid: vanilla, lsgan, hinge, wgan"),
         ("{}\n", "train.amp=fp8", "'train.amp' is 'fp8'; valid: off, fp16, bf16"),
         ("{}\n", "optimizer.multi_tensor=maybe", "'optimizer.multi_tensor' must be bool"),
         ("model: 3\n", None, "'model' must be a section"),

@@ -71,4 +71,4 @@ def test_d_output_mean():
 
 def test_unknown_loss():
     with pytest.raises(ValueError):
-        d_loss("wgan", t(REAL), t(FAKE))
+        d_loss("rsgan", t(REAL), t(FAKE))
