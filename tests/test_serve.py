@@ -427,10 +427,11 @@ def running_service(model_dir: Path, *args: str, timeout: float = 120):
         reader.join(5)
 
 
-def http(url: str, data: bytes | None = None) -> tuple[int, bytes, str]:
+def http(url: str, data: bytes | None = None, method: str | None = None) -> tuple[int, bytes, str]:
     """(status, body, content type) without raising on 4xx."""
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=60) as r:
+        request = urllib.request.Request(url, data=data, method=method)
+        with urllib.request.urlopen(request, timeout=60) as r:
             return r.status, r.read(), r.headers.get("content-type", "")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(), exc.headers.get("content-type", "")
@@ -481,6 +482,24 @@ def test_service_process_end_to_end(models, infer_tool_files):
     logged = [ln for ln in lines if "127.0.0.1 GET /generate?seed=7&label=3 200" in ln]
     assert len(logged) == 1  # one line per request
     assert any("GET /generate?seed=7&label=10 400" in ln for ln in lines)
+
+
+def test_every_bad_request_against_the_service_process(models):
+    """The BAD_REQUESTS table sent to tools/serve.py processes over loopback: each its 4xx, the
+    field and the message, and the process still serving afterwards."""
+    with (
+        running_service(models["acgan_mnist"]) as (acgan_url, _),
+        running_service(models["mlp_gan_mnist"]) as (mlp_url, _),
+    ):
+        for case, (model, method, path, body, status, field, words) in BAD_REQUESTS.items():
+            url = acgan_url if model == "acgan" else mlp_url
+            data = json.dumps(body).encode() if isinstance(body, dict) else body
+            got, answer, _ = http(url + path, data, method)
+            assert got == status, (case, answer[:200])
+            answer = json.loads(answer)
+            assert answer["field"] == field and words in answer["error"], (case, answer)
+        assert http(f"{acgan_url}/generate?seed=1&label=0")[0] == 200
+        assert http(f"{mlp_url}/generate?seed=1")[0] == 200
 
 
 def test_workers_each_load_a_predictor_and_stop_cleanly(models, infer_tool_files):
