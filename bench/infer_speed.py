@@ -11,7 +11,6 @@ Prints a markdown table. The dynamic graph runs on one thread whatever is asked 
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -22,6 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 import paddlegan_lite  # noqa: E402,F401  (sets CPU math flags before Paddle loads)
+from paddlegan_lite.runtime import cpu_model  # noqa: E402
 
 # isort: split
 import numpy as np  # noqa: E402
@@ -84,16 +84,6 @@ def bench_config(name: str, folder: Path, args) -> list[tuple]:
                 (label, path, threads, *measure(gen.run, netG, args.batch_size, args.repeats))
             )
     return rows
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def print_table(rows: list[tuple], batch_size: int) -> None:

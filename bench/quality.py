@@ -354,7 +354,7 @@ def _opt(values: dict, key: str, digits: int = 2) -> str:
 def short_source(source: str) -> str:
     from paddlegan_lite.datasets import BUNDLED_MNIST_SOURCE
 
-    if source == BUNDLED_MNIST_SOURCE:
+    if source.startswith(BUNDLED_MNIST_SOURCE):
         return "MNIST 5k (bundled)"
     if "CIFAR-10" in source:
         return source.split(" from ")[0] + source[source.rfind(" (") :]

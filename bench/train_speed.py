@@ -189,13 +189,11 @@ def prepare(name: str, work: Path, args) -> dict:
 def shipped_run_steps(name: str, args, num_images: int) -> int:
     """Steps of the shipped config's whole run (epochs or max_steps): its minutes at a speed."""
     from paddlegan_lite.config import load_config
-    from paddlegan_lite.trainer import GANTrainer
+    from paddlegan_lite.trainer import total_steps
 
     overrides = [f"data.root={args.cifar_root}"] if "cifar" in name else []
     cfg = load_config(REPO_ROOT / "configs" / f"{name}.yaml", overrides)
-    trainer = GANTrainer.__new__(GANTrainer)  # total_steps reads only the config
-    trainer.cfg = cfg
-    return trainer.total_steps(num_images // cfg.train.batch_size)
+    return total_steps(cfg, num_images // cfg.train.batch_size)
 
 
 def loader_images_per_sec(trainer, sampler) -> float:

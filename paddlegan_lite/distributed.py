@@ -148,21 +148,15 @@ def check_batchnorm_synced(*nets) -> None:
 
 
 def _min_max_float(value: float) -> tuple[float, float]:
-    import paddle
-    import paddle.distributed as dist
-
-    both = paddle.to_tensor([value, -value], dtype="float64")
-    dist.all_reduce(both, op=dist.ReduceOp.MAX)
-    high, neg_low = both.numpy().tolist()
-    return -neg_low, high
+    return _min_max(value, "float64")
 
 
-def _min_max(value: int) -> tuple[int, int]:
+def _min_max(value, dtype: str = "int64") -> tuple:
     import paddle
     import paddle.distributed as dist
 
     # max(v) and max(-v) in one all_reduce
-    both = paddle.to_tensor([value, -value], dtype="int64")
+    both = paddle.to_tensor([value, -value], dtype=dtype)
     dist.all_reduce(both, op=dist.ReduceOp.MAX)
     high, neg_low = both.numpy().tolist()
     return -neg_low, high

@@ -28,6 +28,7 @@ from paddlegan_lite.config import Config, config_from_dict, config_to_dict, mode
 from paddlegan_lite.errors import UserError
 from paddlegan_lite.logger import log
 from paddlegan_lite.models import build_models, refresh_spectral_norm
+from paddlegan_lite.runtime import gpu_available
 
 MODEL_PREFIX = "inference"  # -> inference.json (inference.pdmodel before PIR) + .pdiparams
 ONNX_FILE = "inference.onnx"
@@ -271,10 +272,6 @@ def on_cpu():
         yield
     finally:
         paddle.set_device(previous)
-
-
-def gpu_available() -> bool:
-    return paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
 
 
 def run_dynamic(netG: nn.Layer, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:

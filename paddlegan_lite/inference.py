@@ -126,6 +126,12 @@ def seed_latents(seeds, nz: int) -> np.ndarray:
     return np.stack(rows) if rows else np.zeros((0, nz), dtype=np.float32)
 
 
+def walk_latents(seed_a: int, seed_b: int, steps: int, nz: int) -> np.ndarray:
+    """[steps, nz] latents along the arc from seed_a's z to seed_b's, ends included."""
+    a, b = seed_latents([seed_a, seed_b], nz)
+    return np.stack([slerp(a, b, t) for t in np.linspace(0.0, 1.0, steps)])
+
+
 def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
     """Spherical interpolation from a (t=0, exactly) to b (t=1, exactly).
 
@@ -453,8 +459,7 @@ def save_latent_walk(
     if gif_path:
         # a GIF holds its frames in memory, as a grid its tiles
         check_grid_size(steps, generator.image_shape, what="--gif", advice="use fewer --steps")
-    a, b = seed_latents([seed_a, seed_b], generator.nz)
-    z = np.stack([slerp(a, b, t) for t in np.linspace(0.0, 1.0, steps)])
+    z = walk_latents(seed_a, seed_b, steps, generator.nz)
     written, frames = [], []
     for start in range(0, steps, generator.batch_size):
         batch = generator.generate(z=z[start : start + generator.batch_size], labels=label)

@@ -54,7 +54,7 @@ def gradient_penalty(discriminator, real, fake, weight: float):
     """WGAN-GP: weight * mean((||grad_x D(x_hat)||_2 - 1)^2) on x_hat = eps real + (1-eps) fake,
     eps ~ U[0, 1] per sample; `fake` is detached (the penalty trains D only)."""
     eps = paddle.rand([real.shape[0]] + [1] * (real.ndim - 1), dtype=real.dtype)
-    x_hat = (eps * real.detach() + (1.0 - eps) * fake.detach()).detach()
+    x_hat = (eps * real + (1.0 - eps) * fake).detach()  # a leaf: D alone is trained
     x_hat.stop_gradient = False
     grad = _input_grad(discriminator, x_hat)
     # a tiny floor inside the root: its gradient is otherwise nan where D's input gradient is 0

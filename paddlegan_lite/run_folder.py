@@ -104,7 +104,7 @@ def check_no_overwrite(ckpt_dir: Path, resume_step: int | None) -> None:
     A fresh run (`resume_step` None) needs a folder without checkpoints; a resumed one must start
     from the newest step the folder holds, since every later step it saves would replace one.
     """
-    found = ckpt.list_step_dirs(ckpt_dir) if ckpt_dir.is_dir() else []
+    found = ckpt.list_step_dirs(ckpt_dir)
     if not found:
         return
     newest_step = max(step for step, _ in found)

@@ -227,13 +227,20 @@ def quiet_paddle_warnings() -> None:
     )
 
 
+def gpu_available() -> bool:
+    """Whether this Paddle build has CUDA and sees a device."""
+    import paddle
+
+    return paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+
+
 def select_device(device: str) -> str:
     """Resolve 'auto' | 'cpu' | 'gpu' | 'gpu:N' and make it Paddle's current place."""
     import paddle
 
     from paddlegan_lite.errors import UserError
 
-    has_gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    has_gpu = gpu_available()
     if device == "auto":
         device = "gpu" if has_gpu else "cpu"
     if device.startswith("gpu") and not has_gpu:

@@ -36,11 +36,12 @@ from paddlegan_lite.inference import (
     LATENT_RULE,
     Generator,
     InferenceError,
+    _is_int,
     images_to_uint8,
     pair_seeds_labels,
     read_infer_cfg,
     seed_latents,
-    slerp,
+    walk_latents,
 )
 
 log = logging.getLogger("paddlegan_lite.serve")
@@ -217,10 +218,6 @@ def gif_bytes(frames: np.ndarray, frame_ms: int = GIF_FRAME_MS) -> bytes:
 
 
 # ---------------------------------------------------------------------- request checks
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def check_int(value, field: str, low: int, high: int, query: bool = False, why: str = "") -> int:
     """An int in [low, high] from query text (`query`) or a JSON value (an int: not a string, a
     bool or a float); anything else is a RequestError naming the field."""
@@ -402,8 +399,7 @@ class Service:
         seed_b = self.seed(_required(query, "seed_b"), "seed_b", query=True)
         steps = check_int(query.get("steps", "16"), "steps", 2, self.options.max_walk_steps, True)
         label = self.label(query.get("label"), query=True)
-        a, b = seed_latents([seed_a, seed_b], self.nz)
-        z = np.stack([slerp(a, b, t) for t in np.linspace(0.0, 1.0, steps)])
+        z = walk_latents(seed_a, seed_b, steps, self.nz)
         frames = await self.images(z, _labels(range(steps), label))
         return gif_bytes(frames)
 

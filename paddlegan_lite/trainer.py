@@ -107,6 +107,19 @@ class GANTrainer:
         self.fixed_z, self.fixed_labels = self.make_fixed_inputs()
         # EMA of G's weights (train.ema_decay > 0): what samples, eval and export use
         self.netG_ema = copy.deepcopy(netG) if cfg.train.ema_decay > 0 else None
+        # buffers the EMA copies from G each update: the saved ones (spectral norm's u and v),
+        # not constants such as UpsampleConv2D's folding kernel
+        self._ema_buffers = (
+            [
+                (ema_b, b)
+                for (name, ema_b), (_, b) in zip(
+                    self.netG_ema.named_buffers(), netG.named_buffers()
+                )
+                if name in netG.state_dict()
+            ]
+            if self.netG_ema is not None
+            else []
+        )
         self.best_fid = math.inf
         # train.amp (GPU): float16 needs its losses scaled, one scaler per optimizer
         self.scalerD, self.scalerG = (
@@ -197,10 +210,7 @@ class GANTrainer:
         return last
 
     def total_steps(self, steps_per_epoch: int) -> int:
-        t = self.cfg.train
-        by_epochs = t.epochs * steps_per_epoch if t.epochs else math.inf
-        by_cap = t.max_steps if t.max_steps else math.inf
-        return int(min(by_epochs, by_cap))
+        return total_steps(self.cfg, steps_per_epoch)
 
     def make_loader(self, sampler):
         """Batches (images, labels) in the sampler's order. In-memory datasets hand out whole
@@ -273,7 +283,7 @@ class GANTrainer:
                     ema_p.set_value(p)
                 else:
                     ema_p.set_value(ema_p * decay + p * (1.0 - decay))
-            for ema_b, b in zip(self.netG_ema.buffers(), self.netG.buffers()):
+            for ema_b, b in self._ema_buffers:
                 ema_b.set_value(b)
 
     def d_step(self, real, labels):
@@ -292,7 +302,9 @@ class GANTrainer:
         loss, real_logits, fake_logits = self.d_objective(
             as_float32(real_out), as_float32(fake_out), labels, gen_labels
         )
-        loss = loss + self.d_penalty(real_in, fake_in)  # train.gp_weight, train.r1_gamma
+        penalty = self.d_penalty(real_in, fake_in)  # train.gp_weight, train.r1_gamma
+        if penalty is not None:
+            loss = loss + penalty
         self.backward_and_step(loss, self.optD, self.scalerD)
         d_real = d_output_mean(self.loss_kind, real_logits.detach())
         d_fake = d_output_mean(self.loss_kind, fake_logits.detach())
@@ -337,11 +349,13 @@ class GANTrainer:
         """Gradient penalties on D (losses.py) on the images D just saw, in float32; 0 if off.
 
         R1 with train.r1_interval = k > 1 runs on every k-th D step only, scaled by k (lazy
-        regularisation, Karras et al. 2020), so its average weight stays r1_gamma."""
+        regularisation, Karras et al. 2020), so its average weight stays r1_gamma. None where
+        no penalty applies this step (nothing added to the loss)."""
         t = self.cfg.train
-        penalty = paddle.zeros([], dtype="float32")
-        if t.gp_weight == 0 and t.r1_gamma == 0:
-            return penalty
+        with_gp = t.gp_weight > 0
+        with_r1 = t.r1_gamma > 0 and self.step % t.r1_interval == 0
+        if not (with_gp or with_r1):
+            return None
 
         def adversarial_logits(x):  # AC-GAN's D also returns class logits: not penalised
             with self.autocast():
@@ -349,11 +363,12 @@ class GANTrainer:
             out = as_float32(out)
             return out[0] if isinstance(out, (tuple, list)) else out
 
-        if t.gp_weight > 0:
-            penalty = penalty + gradient_penalty(adversarial_logits, real, fake, t.gp_weight)
-        if t.r1_gamma > 0 and self.step % t.r1_interval == 0:
-            penalty = penalty + r1_penalty(adversarial_logits, real, t.r1_gamma * t.r1_interval)
-        return penalty
+        terms = []
+        if with_gp:
+            terms.append(gradient_penalty(adversarial_logits, real, fake, t.gp_weight))
+        if with_r1:
+            terms.append(r1_penalty(adversarial_logits, real, t.r1_gamma * t.r1_interval))
+        return sum(terms[1:], terms[0])
 
     def d_objective(self, real_out, fake_out, labels, gen_labels):
         """(loss, real logits, fake logits) from D's outputs on real and fake images."""
@@ -644,6 +659,14 @@ class _NoOutput:
         pass
 
 
+def total_steps(cfg: Config, steps_per_epoch: int) -> int:
+    """The run's length: train.epochs of `steps_per_epoch`, capped by train.max_steps."""
+    t = cfg.train
+    by_epochs = t.epochs * steps_per_epoch if t.epochs else math.inf
+    by_cap = t.max_steps if t.max_steps else math.inf
+    return int(min(by_epochs, by_cap))
+
+
 def _plain(scaler) -> dict:
     """A GradScaler's state as JSON values (its loss scale is a one-element array)."""
     return {k: v.tolist() if hasattr(v, "tolist") else v for k, v in scaler.state_dict().items()}
@@ -762,7 +785,6 @@ def _train_in(run_dir: Path, cfg: Config, device: str, resume_path, threads: str
     trainer = build_trainer(cfg, dataset)
     if distributed.is_main():
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
         except OSError as exc:
             raise UserError(

@@ -259,3 +259,17 @@ def test_a_failed_report_write_is_one_user_error(tmp_path):
     (tmp_path / "a_file").write_text("")
     with pytest.raises(UserError, match=r"cannot write the report .*a_file/eval.json \("):
         evaluation.write_report({"fid": 1.0}, tmp_path / "a_file" / "eval.json")
+
+
+def test_no_held_out_split_when_only_the_training_idx_files_exist(tmp_path):
+    """Without t10k files the test split falls back to the bundled digits, which come from the
+    official training set: not a held-out split for data read from IDX files."""
+    write_mnist_idx(tmp_path, n=40, seed=1)  # train files only
+    cfg = DataConfig(name="mnist", root=str(tmp_path), download=False)
+    train = build_dataset(cfg, 28, 1, train=True)
+    assert evaluation._test_split(cfg, 28, 1, train.source) is None
+    with_test = tmp_path / "with_test"
+    write_mnist_idx(with_test, n=40, seed=1, n_test=20)
+    cfg = DataConfig(name="mnist", root=str(with_test), download=False)
+    test = evaluation._test_split(cfg, 28, 1, build_dataset(cfg, 28, 1, train=True).source)
+    assert test is not None and len(test) == 20
