@@ -3,27 +3,35 @@ precision/recall, the class histogram of the samples (and class accuracy for AC-
 floor that real held-out images reach.
 
   python bench/quality.py --configs mlp_gan_mnist dcgan_mnist acgan_mnist
-  python bench/quality.py --configs dcgan_mnist --torch_reference   # + pytorch/examples DCGAN
-  python bench/quality.py --configs dcgan_cifar10 \\
-      --cifar_root ../shared/data/cifar10-mini      # the real 4,000-image CIFAR-10 subset
+  python bench/quality.py --configs dcgan_mnist --minutes 4 --evals 4 --torch_reference 32
+  python bench/quality.py --configs dcgan_cifar10_32 dcgan_cifar10_32+da sngan_cifar10 \\
+      --minutes 8 --cifar_root ../shared/data/cifar10-mini  # the real 4,000-image subset
 
-Each config trains on its own schedule (its epochs) unless --steps says otherwise. MNIST configs
-read data/mnist, or the package's 5,000 bundled digits when it is empty. Runs that keep an
-EMA generator (train.ema_decay > 0) are scored twice: G's own weights and the EMA's.
+Each config trains on its own schedule (its epochs) unless --steps or --minutes says otherwise.
+--minutes M gives every run the same wall-clock budget: it trains in --evals segments of M/evals
+minutes (train.max_minutes), each resuming the last one's checkpoint, which is scored. Runs train
+until the budget is spent, except those with an lr decay (optimizer.lr_decay), which keep their
+epochs (the decay's length) and stop there if that comes first. Names with a "+" are a config
+with the options of VARIANTS (e.g. dcgan_cifar10_32+da: with DiffAugment). MNIST configs read
+data/mnist, or the package's 5,000 bundled digits when it is empty. Runs that keep an EMA
+generator (train.ema_decay > 0) are scored twice: G's own weights and the EMA's. Runs use every
+core, unless a reference runs beside them (then one thread each).
 
---torch_reference trains the plain pytorch/examples DCGAN (ngf = ndf = 64, logistic loss, real
-label 1, batch 64, Adam 2e-4 / 0.5) on the same 64x64 images in a second process *at the same
-time* as each DCGAN config (one thread each, so both see the same machine load) and stops it
-when paddlegan_lite's run ends: the same wall-clock minutes. Whenever paddlegan_lite saves a
-checkpoint (--evals per run) the reference keeps a copy of its generator, so the two are compared
-at the same minutes along the way too. Its samples are scored with the
-same extractor, in eval mode (running BatchNorm statistics, as ours) and in train mode (batch
-statistics, as pytorch/examples draws them); needs `torch` (bench-only).
+--torch_reference SIZE (32 when no size is given) trains the plain pytorch/examples DCGAN
+(ngf = ndf = 64, logistic loss, real label 1, batch 64, Adam 2e-4 / 0.5) on the same images at
+SIZE x SIZE in a second process *at the same time* as each config (one thread each, so both see
+the same machine load) and stops it when paddlegan_lite's run ends: the same wall-clock minutes.
+Whenever paddlegan_lite saves a checkpoint (--evals per run) the reference keeps a copy of its
+generator, so the two are compared at the same minutes along the way too. Its samples are scored
+with the same extractor (at SIZE: the same features only when SIZE is the config's image size),
+in eval mode (running BatchNorm statistics, as ours) and in train mode (batch statistics, as
+pytorch/examples draws them); needs `torch` (bench-only).
 
 Prints a markdown table and the class histograms; writes <output_dir>/quality.json.
 """
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -40,7 +48,23 @@ sys.path.insert(0, str(REPO_ROOT))
 import paddlegan_lite  # noqa: E402,F401  (sets CPU math flags before Paddle loads)
 from paddlegan_lite.runtime import cpu_model  # noqa: E402
 
-CONFIGS = ("mlp_gan_mnist", "dcgan_mnist", "acgan_mnist", "dcgan_cifar10", "dcgan_cifar10_32")
+CONFIGS = (
+    "mlp_gan_mnist",
+    "dcgan_mnist",
+    "dcgan_mnist_64",
+    "acgan_mnist",
+    "dcgan_cifar10",
+    "dcgan_cifar10_32",
+    "sngan_cifar10",
+    "sngan_cifar10_cond",
+)
+DIFFAUGMENT = "train.diffaugment=color,translation,cutout"
+# "<config>+<variant>": the config with these overrides (the rows of the README's CIFAR table)
+VARIANTS = {
+    "da": [DIFFAUGMENT],  # DiffAugment (Zhao et al. 2020)
+    "sn": ["model.spectral_norm=d"],  # spectral norm on D (Miyato et al. 2018)
+    "sn+da": ["model.spectral_norm=d", DIFFAUGMENT],
+}
 # pytorch/examples dcgan/main.py's defaults, as a bench/torch_reference.py config
 EXAMPLES_DCGAN = {
     "seed": 0,
@@ -57,21 +81,34 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--configs", nargs="+", default=["dcgan_mnist"], choices=CONFIGS)
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=["dcgan_mnist"],
+        help=f"from {', '.join(CONFIGS)}; +{'/+'.join(VARIANTS)} for a variant",
+    )
     parser.add_argument("--steps", type=int, default=0, help="training steps (0: the config's)")
+    parser.add_argument("--minutes", type=float, default=0, help="wall-clock budget of each run")
     parser.add_argument("--evals", type=int, default=1, help="checkpoints evaluated per run")
     parser.add_argument("--num_samples", type=int, default=2000)
     parser.add_argument("--extractor", default="classifier", choices=("classifier", "inception"))
     parser.add_argument("--inception_weights", default=None)
     parser.add_argument("--cifar_root", default=str(REPO_ROOT.parent / "shared/data/cifar10-mini"))
     parser.add_argument("--output_dir", default="bench_output")
-    parser.add_argument("--torch_reference", action="store_true", help="see above (DCGAN only)")
+    parser.add_argument(
+        "--torch_reference", type=int, nargs="?", const=32, default=0, metavar="SIZE",
+        help="see above",
+    )  # fmt: skip
     parser.add_argument(
         "-o", "--override", nargs="+", default=[], help="extra config overrides for every run"
     )
     parser.add_argument("--role", default="main", choices=("main", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    for name in args.configs:
+        base, _, variant = name.partition("+")
+        if base not in CONFIGS or (variant and variant not in VARIANTS):
+            parser.error(f"--configs {name}: not a config (+variant) this bench knows")
     if args.role == "torch":
         return run_torch_reference(Path(args.workdir))
 
@@ -99,10 +136,12 @@ def bench_config(name: str, args) -> list[dict]:
     cfg = run_config(name, args)
     shutil.rmtree(cfg.train.output_dir, ignore_errors=True)  # the bench's own run folder
     reference = None
-    if args.torch_reference and cfg.model.name == "dcgan":
-        reference = start_torch_reference(cfg, Path(args.output_dir) / f"{name}_pytorch", args)
+    if args.torch_reference:
+        size = args.torch_reference
+        workdir = Path(args.output_dir) / f"{name}_pytorch_{size}px"
+        reference = start_torch_reference(cfg, workdir, size, args)
     try:
-        saved_at = train_run(cfg, reference)
+        saved_at = train_run(cfg, args, reference)
     finally:
         if reference is not None:
             reference.stop()
@@ -120,17 +159,26 @@ def run_config(name: str, args):
     checkpoints kept, offline data, output under --output_dir."""
     from paddlegan_lite.config import load_config
 
+    config, _, variant = name.partition("+")
     run_dir = Path(args.output_dir) / name
     overrides = [f"train.output_dir={run_dir}", "data.download=false"]
+    overrides += VARIANTS.get(variant, [])
     if args.steps:
         overrides += ["train.epochs=0", f"train.max_steps={args.steps}"]
     if "cifar" in name:
         overrides.append(f"data.root={args.cifar_root}")
-    cfg = load_config(REPO_ROOT / "configs" / f"{name}.yaml", overrides + args.override)
-    steps = args.steps or cfg.train.epochs * steps_per_epoch(cfg)
-    interval = max(1, steps // max(args.evals, 1))
-    extra = [f"train.save_interval={interval}", f"train.keep_checkpoints={args.evals + 1}"]
-    return load_config(REPO_ROOT / "configs" / f"{name}.yaml", overrides + args.override + extra)
+    if args.torch_reference:
+        overrides.append("train.threads=1")  # the reference gets the other core
+    path = REPO_ROOT / "configs" / f"{config}.yaml"
+    # the runs save where train_run's segments end, and keep those checkpoints
+    overrides += ["train.save_interval=1000000000", f"train.keep_checkpoints={args.evals + 1}"]
+    if args.minutes:
+        overrides.append(f"train.max_minutes={args.minutes / max(args.evals, 1)}")
+        if not load_config(path, overrides + args.override).optimizer.lr_decay:
+            # the budget alone ends the run; a run with an lr decay keeps its epochs, the
+            # decay's length (its schedule may end sooner)
+            overrides += ["train.epochs=0", "train.max_steps=0"]
+    return load_config(path, overrides + args.override)
 
 
 def steps_per_epoch(cfg) -> int:
@@ -140,27 +188,28 @@ def steps_per_epoch(cfg) -> int:
     return len(dataset) // cfg.train.batch_size
 
 
-def train_run(cfg, reference=None) -> dict:
-    """Train; returns {step: seconds since the start} of every checkpoint. Each save also asks
-    the PyTorch reference (when there is one) for a snapshot at that moment."""
-    from paddlegan_lite.trainer import GANTrainer, train
+def train_run(cfg, args, reference=None) -> dict:
+    """Train; returns {step: seconds since the start} of every checkpoint, and asks the PyTorch
+    reference (when there is one) for a snapshot at each. With --minutes the run is --evals
+    segments, each resuming the last: the seconds count the segments' set-up too (a few seconds
+    each, during which the reference trains on), so they never flatter paddlegan_lite."""
+    from paddlegan_lite.checkpoint import list_step_dirs
+    from paddlegan_lite.trainer import train
 
-    saved_at, stock_save = {}, GANTrainer.save
-    start = time.perf_counter()
-
-    def save(trainer):
-        path = stock_save(trainer)
-        if trainer.step not in saved_at:
-            saved_at[trainer.step] = time.perf_counter() - start
+    evals = max(args.evals, 1)
+    steps = 0 if args.minutes else args.steps or cfg.train.epochs * steps_per_epoch(cfg)
+    saved_at, start = {}, time.perf_counter()
+    ckpt_dir = Path(cfg.train.output_dir) / "checkpoints"
+    for segment in range(1, evals + 1):
+        part = copy.deepcopy(cfg)
+        if not args.minutes:
+            part.train.max_steps = max(1, steps * segment // evals)
+        train(part, resume="auto" if segment > 1 else None)
+        step = max(s for s, _ in list_step_dirs(ckpt_dir))
+        if step not in saved_at:  # a run whose schedule ended adds no checkpoint
+            saved_at[step] = time.perf_counter() - start
             if reference is not None:
-                reference.snapshot(trainer.step)
-        return path
-
-    GANTrainer.save = save  # the bench's hook: the trainer itself is unchanged
-    try:
-        train(cfg)
-    finally:
-        GANTrainer.save = stock_save
+                reference.snapshot(step)
     return saved_at
 
 
@@ -230,7 +279,7 @@ class TorchReference:
                      "step": snap["steps"]},
                 )  # fmt: skip
                 row = {
-                    "config": f"pytorch/examples DCGAN ({cfg.model.image_size}px)",
+                    "config": f"pytorch/examples DCGAN ({images.shape[-1]}px)",
                     "generator": f"PyTorch {info['version']} ({mode} mode)",
                     "step": snap["steps"],
                     "train_seconds": snap["seconds"],
@@ -252,8 +301,8 @@ def served_images(images):
     return generate
 
 
-def start_torch_reference(cfg, workdir: Path, args) -> TorchReference:
-    """Save the run's images and the eval latents, then start the reference process."""
+def start_torch_reference(cfg, workdir: Path, size: int, args) -> TorchReference:
+    """Save the run's images at size x size and the eval latents, then start the reference."""
     import numpy as np
 
     from paddlegan_lite.datasets import build_dataset
@@ -263,12 +312,12 @@ def start_torch_reference(cfg, workdir: Path, args) -> TorchReference:
     for flag in ("stop", "training"):
         (workdir / flag).unlink(missing_ok=True)
     m = cfg.model
-    dataset = build_dataset(cfg.data, m.image_size, m.channels, train=True)
+    dataset = build_dataset(cfg.data, size, m.channels, train=True)
     np.savez(workdir / "data.npz", images=dataset.images, labels=dataset.labels)
     z, _ = latent_inputs(args.num_samples, EXAMPLES_DCGAN["model"]["nz"], seed=0)
     np.save(workdir / "z.npy", z)
     ref_cfg = {**EXAMPLES_DCGAN, "model": {**EXAMPLES_DCGAN["model"]}}
-    ref_cfg["model"].update(channels=m.channels, image_size=m.image_size)
+    ref_cfg["model"].update(channels=m.channels, image_size=size)
     (workdir / "config.json").write_text(json.dumps(ref_cfg), encoding="utf-8")
     cmd = [sys.executable, __file__, "--role", "torch", "--workdir", str(workdir)]
     log = open(workdir / "log.txt", "w", encoding="utf-8")

@@ -26,11 +26,12 @@ import yaml
 
 from paddlegan_lite.errors import UserError
 
-MODEL_NAMES = ("mlp_gan", "dcgan", "acgan")
+MODEL_NAMES = ("mlp_gan", "dcgan", "acgan", "sngan")
 LOSS_NAMES = ("vanilla", "lsgan", "hinge", "wgan")
 DATASET_NAMES = ("mnist", "cifar10", "folder")
 AMP_MODES = ("off", "fp16", "bf16")  # train.amp
 DIFFAUGMENT_POLICIES = ("color", "translation", "cutout")  # train.diffaugment (augment.py)
+LR_DECAYS = ("", "linear")  # optimizer.lr_decay (trainer.lr_factor)
 SPECTRAL_NORM_MODES = ("", "d", "gd")  # model.spectral_norm: off, D, G and D
 MAX_DEPTH = 20  # YAML nesting refused beyond this (a config needs 4: root, optimizer, g, lr)
 # Widths, sizes and batch sizes above this are refused outright: no machine holds such a tensor,
@@ -44,14 +45,14 @@ class ConfigError(UserError):
 
 @dataclass
 class ModelConfig:
-    name: str = "dcgan"  # mlp_gan | dcgan | acgan
+    name: str = "dcgan"  # mlp_gan | dcgan | acgan | sngan
     nz: int = 100  # latent size; noise is standard normal N(0, 1)
     image_size: int = 64  # generated images are image_size x image_size
     channels: int = 1  # image channels (1 gray, 3 RGB); data is converted to this
     ngf: int = 64  # generator width (DCGAN: filters of the last hidden layer)
     ndf: int = 64  # discriminator width (DCGAN: filters of the first layer)
     hidden: int = 256  # MLP GAN hidden units
-    num_classes: int = 0  # > 0 for conditional models (AC-GAN)
+    num_classes: int = 0  # classes of a conditional model: acgan >= 2; sngan 0 (off) or >= 2
     init_std: float = 0.02  # N(0, init_std) init of conv weights (DCGAN paper); 0 keeps Paddle's
     spectral_norm: str = ""  # "" off | d: D's conv/linear weights | gd: G's too (Miyato 2018)
 
@@ -69,6 +70,7 @@ class DataConfig:
 class TrainConfig:
     epochs: int = 5  # passes over the dataset (0: run until max_steps)
     max_steps: int = 0  # stop after this many steps (0: no cap); for smoke tests
+    max_minutes: float = 0.0  # stop (and save) once training has run this long (0: no limit)
     batch_size: int = 64  # images per step and process (the last partial batch is dropped)
     loss: str = "vanilla"  # vanilla | lsgan | hinge | wgan (see losses.py)
     real_label: float = 1.0  # target for real images in the D loss (0.9: one-sided smoothing)
@@ -105,7 +107,7 @@ class EvalConfig:
 
 @dataclass
 class AdamConfig:
-    lr: float = 2e-4  # learning rate (constant)
+    lr: float = 2e-4  # learning rate (at the start: see optimizer.lr_decay)
     beta1: float = 0.5  # Adam momentum; 0.5 as in the DCGAN paper
     beta2: float = 0.999  # Adam second-moment decay
 
@@ -115,6 +117,7 @@ class OptimizerConfig:
     g: AdamConfig = field(default_factory=AdamConfig)  # generator's Adam
     d: AdamConfig = field(default_factory=AdamConfig)  # discriminator's Adam
     multi_tensor: bool = False  # one fused Adam update for all of a net's parameters
+    lr_decay: str = ""  # "": constant | linear: both learning rates fall to 0 at the last step
 
 
 @dataclass
@@ -374,6 +377,7 @@ def _check_values(cfg: Config, source: str) -> None:
         ("data.num_workers", cfg.data.num_workers, 0, inf, True),
         ("train.epochs", t.epochs, 0, inf, True),
         ("train.max_steps", t.max_steps, 0, inf, True),
+        ("train.max_minutes", t.max_minutes, 0, inf, True),
         ("train.batch_size", t.batch_size, 0, DIM_MAX, False),
         ("train.real_label", t.real_label, 0, 1, False),
         ("train.d_steps", t.d_steps, 0, inf, False),
@@ -410,17 +414,29 @@ def _check_values(cfg: Config, source: str) -> None:
             else:
                 bound = f"in {'[' if low_ok else '('}{low}, {high}]"
             raise ConfigError(f"{source}: '{key}' must be {bound}, got {_short(value)}")
-    if t.epochs == 0 and t.max_steps == 0:
-        raise ConfigError(f"{source}: set 'train.epochs' or 'train.max_steps' above 0")
+    if t.epochs == 0 and t.max_steps == 0 and t.max_minutes == 0:
+        raise ConfigError(
+            f"{source}: set 'train.epochs', 'train.max_steps' or 'train.max_minutes' above 0"
+        )
+    _check_choice(cfg.optimizer.lr_decay, LR_DECAYS, "optimizer.lr_decay", source)
+    if cfg.optimizer.lr_decay and t.epochs == 0 and t.max_steps == 0:
+        raise ConfigError(
+            f"{source}: 'optimizer.lr_decay' {cfg.optimizer.lr_decay} needs the run's length in "
+            "steps: set 'train.epochs' or 'train.max_steps' above 0"
+        )
     if m.name == "acgan" and m.num_classes < 2:
         raise ConfigError(f"{source}: 'model.num_classes' must be >= 2 for acgan")
-    if m.name != "acgan" and m.num_classes:
-        raise ConfigError(f"{source}: 'model.num_classes' is only for acgan; set it to 0")
-    size = m.image_size  # what models/*.py can build: one stride-2 layer per doubling
-    if m.name == "dcgan" and (size < 8 or size & (size - 1)):
+    if m.name == "sngan" and m.num_classes == 1:
         raise ConfigError(
-            f"{source}: 'model.image_size' must be a power of two >= 8 for dcgan (8, 16, 32, "
-            f"64, ...), got {size}"
+            f"{source}: 'model.num_classes' must be 0 (unconditional) or >= 2 for sngan, got 1"
+        )
+    if m.name not in ("acgan", "sngan") and m.num_classes:
+        raise ConfigError(f"{source}: 'model.num_classes' is only for acgan and sngan; set it to 0")
+    size = m.image_size  # what models/*.py can build: one stride-2 layer per doubling
+    if m.name in ("dcgan", "sngan") and (size < 8 or size & (size - 1)):
+        raise ConfigError(
+            f"{source}: 'model.image_size' must be a power of two >= 8 for {m.name} (8, 16, "
+            f"32, 64, ...), got {size}"
         )
     if m.name == "acgan" and size % 4:
         raise ConfigError(
@@ -446,6 +462,7 @@ SIZE_KEYS = {
     "mlp_gan": ("image_size", "nz", "hidden"),
     "dcgan": ("image_size", "nz", "ngf", "ndf"),
     "acgan": ("image_size", "nz", "ngf", "ndf", "num_classes"),
+    "sngan": ("image_size", "nz", "ngf", "ndf", "num_classes"),
 }
 
 
@@ -592,7 +609,44 @@ def _acgan_sizes(m: ModelConfig) -> tuple[int, int, int, int]:
     return params_g, params_d, maps_g, maps_d
 
 
-MODEL_SIZES = {"mlp_gan": _mlp_gan_sizes, "dcgan": _dcgan_sizes, "acgan": _acgan_sizes}
+def _sngan_sizes(m: ModelConfig) -> tuple[int, int, int, int]:
+    """The same for sngan.py: 3x3 and 1x1 convs with bias; a BatchNorm has 4 parameters per
+    channel as in dcgan (a conditional one's scale and shift are fixed, but parameters still),
+    plus a gain and a shift per class; D's projection embedding when num_classes > 0."""
+    c, s, k, nz, ngf, ndf = m.channels, m.image_size, m.num_classes, m.nz, m.ngf, m.ndf
+    n = max(1, s.bit_length() - 3)  # G's up-blocks from 4x4 (sngan.num_upsamplings)
+    bn = (4 + 2 * k) * ngf if k else 4 * ngf  # each BatchNorm in G's blocks
+    block = 2 * bn + 2 * (ngf * ngf * 9 + ngf) + (ngf * ngf + ngf)  # two 3x3 convs, 1x1 shortcut
+    params_g = (nz + 1) * ngf * 16 + n * block + 4 * ngf + (ngf * c * 9 + c)
+    maps_g, side = ngf * 16, 4  # G's first map: ngf x 4 x 4
+    for _ in range(n):  # two convs, the shortcut (before and after upsampling), the sum
+        maps_g += ngf * side**2 + 4 * ngf * (2 * side) ** 2
+        side *= 2
+    maps_g += c * s**2
+    conv3, conv1 = ndf * ndf * 9 + ndf, ndf * ndf + ndf
+    downs = max(0, n - 2)  # down-blocks after the first block, until 8x8
+    params_d = (
+        (c * ndf * 9 + ndf) + conv3 + (c * ndf + ndf)  # first block: two convs, 1x1 shortcut
+        + downs * (2 * conv3 + conv1)
+        + 2 * (2 * conv3)  # two blocks without shortcut convs
+        + (ndf + 1)  # linear real/fake head
+        + k * ndf  # projection embedding
+    )  # fmt: skip
+    side = s // 2
+    maps_d = c * s**2 + 2 * ndf * s**2 + c * side**2 + 3 * ndf * side**2  # input, first block
+    for _ in range(downs):  # two convs and the shortcut at the side, pools and the sum at half
+        maps_d += 3 * ndf * side**2 + 3 * ndf * (side // 2) ** 2
+        side //= 2
+    maps_d += 2 * 3 * ndf * side**2 + ndf + 1  # two blocks (two convs, sum), features, logit
+    return params_g, params_d, maps_g, maps_d
+
+
+MODEL_SIZES = {
+    "mlp_gan": _mlp_gan_sizes,
+    "dcgan": _dcgan_sizes,
+    "acgan": _acgan_sizes,
+    "sngan": _sngan_sizes,
+}
 
 
 def _bytes_text(n: int) -> str:
@@ -621,7 +675,7 @@ def diffaugment_policies(text: str) -> list[str]:
 
 def _check_choice(value: str, choices: tuple, key: str, source: str) -> None:
     if value not in choices:
-        valid = ", ".join(str(c) for c in choices)
+        valid = ", ".join(str(c) if c != "" else '""' for c in choices)
         raise ConfigError(f"{source}: '{key}' is {_short(value)}; valid: {valid}")
 
 

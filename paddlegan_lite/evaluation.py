@@ -227,8 +227,8 @@ def generator_fn(netG):
         netG.eval()
         try:
             with paddle.no_grad():
-                z_t = paddle.to_tensor(z)
-                out = netG(z_t) if labels is None else netG(z_t, paddle.to_tensor(labels))
+                labels_t = None if labels is None else paddle.to_tensor(labels)
+                out = netG(paddle.to_tensor(z), labels_t)
             return out.numpy()
         finally:
             if was_training:

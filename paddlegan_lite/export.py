@@ -58,8 +58,10 @@ def to_unit_range(images):
     return images * 0.5 + 0.5
 
 
-class UnconditionalExport(nn.Layer):
-    """z [N, nz] -> float32 images [N, C, H, W] in [0, 1]: the generator and its post-processing.
+class ExportedGenerator(nn.Layer):
+    """(z [N, nz], labels int64 [N] for conditional models) -> float32 images [N, C, H, W] in
+    [0, 1]: the generator and its post-processing. Traced with the labels input only when the
+    model is conditional (export_generator's input specs).
 
     Floats in [0, 1] rather than uint8: the export check and ONNX Runtime compare floats against
     the dynamic graph with a real tolerance (uint8 rounding would turn 1e-7 into a whole level),
@@ -70,14 +72,7 @@ class UnconditionalExport(nn.Layer):
         super().__init__()
         self.netG = netG
 
-    def forward(self, z):
-        return to_unit_range(self.netG(z))
-
-
-class ConditionalExport(UnconditionalExport):
-    """(z [N, nz], labels int64 [N]) -> float32 images [N, C, H, W] in [0, 1]."""
-
-    def forward(self, z, labels):
+    def forward(self, z, labels=None):
         return to_unit_range(self.netG(z, labels))
 
 
@@ -195,11 +190,10 @@ def check_same_model(cfg: Config, run_cfg: Config, checkpoint: Path) -> None:
 def export_generator(netG: nn.Layer, output_dir: Path, config: dict, source: dict) -> dict:
     """`paddle.jit.save` netG (eval mode) with a dynamic batch dimension, then infer_cfg.yml."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    conditional = netG.num_classes > 0
     specs = [InputSpec([None, netG.nz], "float32", name="z")]
-    if conditional:
+    if netG.num_classes > 0:
         specs.append(InputSpec([None], "int64", name="labels"))
-    wrapper = (ConditionalExport if conditional else UnconditionalExport)(netG)
+    wrapper = ExportedGenerator(netG)
     wrapper.eval()
     refresh_spectral_norm(netG)  # jit.save skips the hooks that normalise weights
     paddle.jit.save(wrapper, str(output_dir / MODEL_PREFIX), input_spec=specs)

@@ -2,7 +2,9 @@
 
 `train(cfg, resume)` builds everything from a config and runs `GANTrainer.fit()`, which reads top
 to bottom: resume, then per batch a D step and a G step, then logging, sampling and saving at
-their intervals. `ACGANTrainer` overrides only what the class condition changes. Under
+their intervals. One trainer serves every family: with `model.num_classes > 0` G draws a class
+per sample (`G(z, labels)`) and D sees the class too (`D(x, labels)`), and where D names the
+class (AC-GAN's second head) its cross-entropy joins both losses. Under
 `paddle.distributed.launch` every rank runs the same loop on its slice of each global batch
 (see distributed.py); rank 0 alone writes the run folder.
 """
@@ -90,7 +92,8 @@ def frozen(net):
 
 
 class GANTrainer:
-    """Trains an unconditional (netG, netD) pair; receives already-built nets and optimizers."""
+    """Trains a (netG, netD) pair, conditional when cfg.model.num_classes > 0; receives
+    already-built nets and optimizers."""
 
     def __init__(self, cfg: Config, netG, netD, optG, optD, dataset, run_dir: str | Path):
         self.cfg, self.netG, self.netD, self.optG, self.optD = cfg, netG, netD, optG, optD
@@ -103,6 +106,9 @@ class GANTrainer:
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.loss_kind = cfg.train.loss
+        self.num_classes = cfg.model.num_classes  # 0: unconditional
+        # optimizer.lr_decay scales these (lr_multiplier included) every step
+        self.base_lrs = (optG.get_lr(), optD.get_lr())
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.fixed_z, self.fixed_labels = self.make_fixed_inputs()
         # EMA of G's weights (train.ema_decay > 0): what samples, eval and export use
@@ -129,6 +135,8 @@ class GANTrainer:
         )
         self.evaluator = None
         self._stop_signal = None
+        self._deadline = None  # train.max_minutes: perf_counter() time to stop at
+        self._out_of_time = False
         self._saved_step = None
 
     # ------------------------------------------------------------------ the loop
@@ -158,11 +166,14 @@ class GANTrainer:
             self.evaluator = self.build_evaluator()
         last = {}
         self._install_signal_handlers()
+        if t.max_minutes:
+            self._deadline = time.perf_counter() + 60 * t.max_minutes
         try:
             while self.step < total_steps and not self.stop_requested():
                 sampler.set_epoch(self.epoch, self.batch_in_epoch)
                 for real, labels in self.make_loader(sampler):
                     paddle.seed(self.step_seed())  # noise, dropout: a function of (seed, step)
+                    self.set_learning_rates(total_steps)
 
                     # (1) Update D: maximise log D(x) + log(1 - D(G(z))) (or the chosen loss)
                     loss_d, d_real, d_fake, fake, gen_labels = self.d_step(real, labels)
@@ -198,6 +209,8 @@ class GANTrainer:
                 log.info(f"{self._stop_signal} received: saving step {self.step} and stopping")
             elif meter.count:
                 last = self.log_metrics(logger, meter, total_steps)
+            if self._out_of_time:
+                log.info(f"train.max_minutes={t.max_minutes:g} reached at step {self.step}")
             self.check_finite(meter)
             if self.step % t.sample_interval:
                 self.save_samples(logger)
@@ -209,8 +222,17 @@ class GANTrainer:
             logger.close()
         return last
 
-    def total_steps(self, steps_per_epoch: int) -> int:
+    def total_steps(self, steps_per_epoch: int) -> int | float:
         return total_steps(self.cfg, steps_per_epoch)
+
+    def set_learning_rates(self, total_steps: int | float) -> None:
+        """optimizer.lr_decay=linear: both rates fall linearly from their base to 0 at the last
+        step (as SNGAN trains; a function of the step, so resuming continues the schedule)."""
+        if self.cfg.optimizer.lr_decay != "linear":
+            return
+        factor = max(0.0, 1.0 - self.step / total_steps)
+        for optimizer, base in zip((self.optG, self.optD), self.base_lrs):
+            optimizer.set_lr(base * factor)
 
     def make_loader(self, sampler):
         """Batches (images, labels) in the sampler's order. In-memory datasets hand out whole
@@ -237,30 +259,39 @@ class GANTrainer:
         return (self.cfg.seed * 1_000_003 + self.step) % (2**31 - 1)
 
     def stop_requested(self, check_ranks: bool = True) -> bool:
-        """Whether SIGINT/SIGTERM reached this or (several processes) any rank. With several
+        """Whether SIGINT/SIGTERM reached this or (several processes) any rank, or the run is past
+        train.max_minutes (on any rank: their clocks differ a little). With several
         processes the ranks agree only where `check_ranks` (log steps, where the meter reads the
         device anyway): an all-reduce read back every step would stall each GPU's queue once per
         step. Every rank asks at the same steps and takes the all-reduced answer, never its own
         flag, which a signal may set during the all-reduce: so all ranks stop after one step."""
         if self.world_size > 1 and not check_ranks:
             return False
-        if not distributed.any_rank(self._stop_signal is not None):
+        # a stop signal outranks the clock: it is what the log then names
+        if distributed.any_rank(self._stop_signal is not None):
+            self._stop_signal = self._stop_signal or "a stop signal (on another rank)"
+            return True
+        if self._deadline is None:
             return False
-        self._stop_signal = self._stop_signal or "a stop signal (on another rank)"
-        return True
+        self._out_of_time = distributed.any_rank(time.perf_counter() >= self._deadline)
+        return self._out_of_time
 
     # ------------------------------------------------------------------ one step
     def sample_latent(self, batch_size: int):
-        """Noise z ~ N(0, 1) [B, nz]; unconditional models take no labels.
+        """Noise z ~ N(0, 1) [B, nz] and, for conditional models, classes int64 [B] (else None).
 
         Every rank draws the noise of the whole global batch (same step seed) and keeps its own
         slice: ranks get different noise, and the run matches one process with the global batch.
         """
-        z = paddle.randn([batch_size * self.world_size, self.netG.nz])
-        return distributed.own_slice(z), None
+        n = batch_size * self.world_size
+        z = distributed.own_slice(paddle.randn([n, self.netG.nz]))
+        if not self.num_classes:
+            return z, None
+        labels = paddle.randint(0, self.num_classes, [n], dtype="int64")
+        return z, distributed.own_slice(labels)
 
     def generate(self, z, labels=None, net=None):
-        return (net or self.netG)(z)
+        return (net or self.netG)(z, labels)
 
     def sample_net(self):
         """The generator that samples, eval and export see: the EMA one when kept."""
@@ -295,14 +326,14 @@ class GANTrainer:
         with self.autocast():
             fake = self.generate(z, gen_labels, net=self.dp_netG)
             real_in = diff_augment(real, policy)
-            real_out = self.dp_netD(real_in)
+            real_out = self.dp_netD(real_in, self.condition(labels))
             fake_in = diff_augment(fake.detach(), policy)
-            fake_out = self.dp_netD(fake_in)
+            fake_out = self.dp_netD(fake_in, gen_labels)
         # losses, logs and checkpoints in float32 whatever precision D ran in (train.amp)
         loss, real_logits, fake_logits = self.d_objective(
             as_float32(real_out), as_float32(fake_out), labels, gen_labels
         )
-        penalty = self.d_penalty(real_in, fake_in)  # train.gp_weight, train.r1_gamma
+        penalty = self.d_penalty(real_in, fake_in, self.condition(labels))  # gp_weight, r1_gamma
         if penalty is not None:
             loss = loss + penalty
         self.backward_and_step(loss, self.optD, self.scalerD)
@@ -316,7 +347,7 @@ class GANTrainer:
         with frozen(self.netD):
             with self.autocast():
                 # fresh draws; G's gradient flows back through the augmentation
-                fake_out = self.netD(diff_augment(fake, self.cfg.train.diffaugment))
+                fake_out = self.netD(diff_augment(fake, self.cfg.train.diffaugment), gen_labels)
             loss = self.g_objective(as_float32(fake_out), gen_labels)
             self.backward_and_step(loss, self.optG, self.scalerG)
         return loss.detach()
@@ -345,8 +376,13 @@ class GANTrainer:
             scaler.step(optimizer)
             scaler.update()
 
-    def d_penalty(self, real, fake):
+    def condition(self, labels):
+        """The dataset's labels as D's condition: int64 [B] for conditional models, else None."""
+        return labels.reshape([-1]).astype("int64") if self.num_classes else None
+
+    def d_penalty(self, real, fake, labels):
         """Gradient penalties on D (losses.py) on the images D just saw, in float32; 0 if off.
+        A conditional D sees the real images' classes, for the interpolates too (as StudioGAN).
 
         R1 with train.r1_interval = k > 1 runs on every k-th D step only, scaled by k (lazy
         regularisation, Karras et al. 2020), so its average weight stays r1_gamma. None where
@@ -357,11 +393,10 @@ class GANTrainer:
         if not (with_gp or with_r1):
             return None
 
-        def adversarial_logits(x):  # AC-GAN's D also returns class logits: not penalised
+        def adversarial_logits(x):  # AC-GAN's class logits are not penalised
             with self.autocast():
-                out = self.dp_netD(x)
-            out = as_float32(out)
-            return out[0] if isinstance(out, (tuple, list)) else out
+                out = self.dp_netD(x, labels)
+            return split_d_output(as_float32(out))[0]
 
         terms = []
         if with_gp:
@@ -371,21 +406,42 @@ class GANTrainer:
         return sum(terms[1:], terms[0])
 
     def d_objective(self, real_out, fake_out, labels, gen_labels):
-        """(loss, real logits, fake logits) from D's outputs on real and fake images."""
-        loss = d_loss(self.loss_kind, real_out, fake_out, self.cfg.train.real_label)
-        return loss, real_out, fake_out
+        """(loss, real logits, fake logits) from D's outputs on real and fake images; a D that
+        also names the class (AC-GAN) adds the class cross-entropy on both."""
+        (real_logits, real_cls), (fake_logits, fake_cls) = map(split_d_output, (real_out, fake_out))
+        loss = d_loss(self.loss_kind, real_logits, fake_logits, self.cfg.train.real_label)
+        if real_cls is not None:
+            classes = F.cross_entropy(real_cls, labels.reshape([-1, 1])) + F.cross_entropy(
+                fake_cls, gen_labels.reshape([-1, 1])
+            )
+            loss = loss + self.cfg.train.cls_weight * classes
+        return loss, real_logits, fake_logits
 
     def g_objective(self, fake_out, gen_labels):
-        return g_loss(self.loss_kind, fake_out)
+        fake_logits, fake_cls = split_d_output(fake_out)
+        loss = g_loss(self.loss_kind, fake_logits)
+        if fake_cls is not None:
+            loss = loss + self.cfg.train.cls_weight * F.cross_entropy(
+                fake_cls, gen_labels.reshape([-1, 1])
+            )
+        return loss
 
     # ------------------------------------------------------------------ outputs
     def make_fixed_inputs(self):
-        """The noise (and labels) behind every sample grid: fixed for the whole run."""
+        """The noise (and labels) behind every sample grid, fixed for the whole run; for
+        conditional models one row per class: row k holds `per_row` samples of class k."""
         paddle.seed(self.cfg.seed)
-        return paddle.randn([self.cfg.train.num_samples, self.netG.nz]), None
+        if not self.num_classes:
+            return paddle.randn([self.cfg.train.num_samples, self.netG.nz]), None
+        per_row = self.sample_grid_nrow()
+        z = paddle.randn([self.num_classes * per_row, self.netG.nz])
+        labels = np.repeat(np.arange(self.num_classes), per_row).astype("int64")
+        return z, paddle.to_tensor(labels)
 
     def sample_grid_nrow(self) -> int | None:
-        return None
+        if not self.num_classes:
+            return None
+        return max(1, self.cfg.train.num_samples // self.num_classes)
 
     def check_finite(self, meter) -> None:
         """Stop on a nan/inf loss before anything logs or saves it; the last checkpoint stays."""
@@ -399,12 +455,15 @@ class GANTrainer:
             f"saving; last good checkpoint: {kept or 'none'} (try a lower learning rate)"
         )
 
-    def log_metrics(self, logger: RunLogger, meter, total_steps: int) -> dict:
+    def log_metrics(self, logger: RunLogger, meter, total_steps: int | float) -> dict:
         self.check_finite(meter)
         values = meter.flush(next_step=self.step + 1)
         remaining = (total_steps - self.step) * values.pop("sec_per_step")
+        if self._deadline is not None:  # train.max_minutes may end the run first
+            remaining = min(remaining, max(0.0, self._deadline - time.perf_counter()))
+        of_total = f"/{total_steps}" if math.isfinite(total_steps) else ""
         line = (
-            f"epoch {self.epoch} step {self.step}/{total_steps} loss_d {values['loss_d']:.4f} "
+            f"epoch {self.epoch} step {self.step}{of_total} loss_d {values['loss_d']:.4f} "
             f"loss_g {values['loss_g']:.4f} D(x) {values['d_real']:.3f} "
             f"D(G(z)) {values['d_fake']:.3f} {values['images_per_sec']:.1f} img/s "
             f"ETA {_format_seconds(remaining)}"
@@ -542,44 +601,12 @@ class GANTrainer:
             signal.signal(sig, handler)
 
 
-class ACGANTrainer(GANTrainer):
-    """AC-GAN: G draws a class per sample; D adds the class cross-entropy on real and fake."""
-
-    def sample_latent(self, batch_size: int):
-        """Noise [B, nz] and classes [B]: this rank's slice of the global batch's draw."""
-        z = paddle.randn([batch_size * self.world_size, self.netG.nz])
-        labels = paddle.randint(
-            0, self.netG.num_classes, [batch_size * self.world_size], dtype="int64"
-        )
-        return distributed.own_slice(z), distributed.own_slice(labels)
-
-    def generate(self, z, labels=None, net=None):
-        return (net or self.netG)(z, labels)
-
-    def d_objective(self, real_out, fake_out, labels, gen_labels):
-        (real_logits, real_cls), (fake_logits, fake_cls) = real_out, fake_out
-        adversarial = d_loss(self.loss_kind, real_logits, fake_logits, self.cfg.train.real_label)
-        classes = F.cross_entropy(real_cls, labels.reshape([-1, 1])) + F.cross_entropy(
-            fake_cls, gen_labels.reshape([-1, 1])
-        )
-        return adversarial + self.cfg.train.cls_weight * classes, real_logits, fake_logits
-
-    def g_objective(self, fake_out, gen_labels):
-        fake_logits, fake_cls = fake_out
-        classes = F.cross_entropy(fake_cls, gen_labels.reshape([-1, 1]))
-        return g_loss(self.loss_kind, fake_logits) + self.cfg.train.cls_weight * classes
-
-    def make_fixed_inputs(self):
-        """One row per class: row k holds `per_row` samples of class k."""
-        k = self.netG.num_classes
-        per_row = max(1, self.cfg.train.num_samples // k)
-        paddle.seed(self.cfg.seed)
-        z = paddle.randn([k * per_row, self.netG.nz])
-        labels = paddle.to_tensor(np.repeat(np.arange(k), per_row).astype("int64"))
-        return z, labels
-
-    def sample_grid_nrow(self) -> int | None:
-        return max(1, self.cfg.train.num_samples // self.netG.num_classes)
+def split_d_output(out):
+    """(real/fake logits [N], class logits [N, K] or None) from D's output: a tensor of logits,
+    or (AC-GAN) the pair of its two heads."""
+    if isinstance(out, (tuple, list)):
+        return out[0], out[1]
+    return out, None
 
 
 def as_float32(out):
@@ -659,12 +686,14 @@ class _NoOutput:
         pass
 
 
-def total_steps(cfg: Config, steps_per_epoch: int) -> int:
-    """The run's length: train.epochs of `steps_per_epoch`, capped by train.max_steps."""
+def total_steps(cfg: Config, steps_per_epoch: int) -> int | float:
+    """The run's length: train.epochs of `steps_per_epoch`, capped by train.max_steps; math.inf
+    when only train.max_minutes bounds it."""
     t = cfg.train
     by_epochs = t.epochs * steps_per_epoch if t.epochs else math.inf
     by_cap = t.max_steps if t.max_steps else math.inf
-    return int(min(by_epochs, by_cap))
+    steps = min(by_epochs, by_cap)
+    return int(steps) if math.isfinite(steps) else steps
 
 
 def _plain(scaler) -> dict:
@@ -703,8 +732,7 @@ def build_trainer(cfg: Config, dataset) -> GANTrainer:
     if cfg.distributed.sync_bn:  # before the optimizers: SyncBatchNorm may bring its own parameters
         netG, netD = distributed.sync_batchnorm(netG), distributed.sync_batchnorm(netD)
     optG, optD = build_optimizers(cfg, netG, netD, lr_multiplier(cfg))
-    trainer_cls = ACGANTrainer if cfg.model.num_classes else GANTrainer
-    return trainer_cls(cfg, netG, netD, optG, optD, dataset, cfg.train.output_dir)
+    return GANTrainer(cfg, netG, netD, optG, optD, dataset, cfg.train.output_dir)
 
 
 def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:

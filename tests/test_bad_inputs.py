@@ -77,7 +77,7 @@ ROWS = [
         "not valid YAML (an integer of more than 4300 digits)"),
     row("image_size too large", f"train {DCGAN} model.image_size=4096",
         "model.image_size=4096, model.nz=100, model.ngf=32, model.ndf=32: the run needs about"),
-    row("ngf too large", f"train {DCGAN} model.ngf=1000000",
+    row("ngf too large", f"train {DCGAN} model.ngf=1000000 model.image_size=64",
         "model.ngf=1000000, model.ndf=32: the run needs about 9.6 PiB (parameters 9.5 PiB"),
     row("nz beyond a tensor dimension", f"train {DCGAN} model.nz=3000000000",
         "'model.nz' must be <= 2147483647"),

@@ -19,7 +19,16 @@ from paddlegan_lite.config import (
     load_config,
 )
 
-CONFIGS = ["mlp_gan_mnist", "dcgan_mnist", "dcgan_cifar10", "dcgan_cifar10_32", "acgan_mnist"]
+CONFIGS = [
+    "mlp_gan_mnist",
+    "dcgan_mnist",
+    "dcgan_mnist_64",
+    "dcgan_cifar10",
+    "dcgan_cifar10_32",
+    "acgan_mnist",
+    "sngan_cifar10",
+    "sngan_cifar10_cond",
+]
 
 
 def test_every_shipped_config_is_tested(repo_root):
@@ -40,6 +49,20 @@ def test_seed_hyperparameters(repo_root):
     assert (cifar.model.channels, cifar.model.image_size, cifar.train.real_label) == (3, 64, 0.9)
     acgan = load_config(repo_root / "configs/acgan_mnist.yaml")
     assert (acgan.model.num_classes, acgan.optimizer.d.beta1) == (10, 0.5)
+    dcgan = load_config(repo_root / "configs/dcgan_mnist.yaml")  # the default: MNIST's own size
+    dcgan_64 = load_config(repo_root / "configs/dcgan_mnist_64.yaml")  # the tutorial's size
+    assert (dcgan.model.image_size, dcgan_64.model.image_size) == (32, 64)
+    assert dcgan.model.ngf == dcgan_64.model.ngf == 32 and dcgan.train.loss == "hinge"
+    sngan = load_config(repo_root / "configs/sngan_cifar10.yaml")  # Miyato et al.'s recipe
+    assert (sngan.model.name, sngan.model.spectral_norm) == ("sngan", "d")
+    assert sngan.train.loss == "hinge"
+    assert (sngan.optimizer.d.beta1, sngan.optimizer.d.beta2, sngan.optimizer.lr_decay) == (
+        0.0,
+        0.9,
+        "linear",
+    )
+    cond = load_config(repo_root / "configs/sngan_cifar10_cond.yaml")
+    assert cond.model.num_classes == 10 and cond.model.ngf == sngan.model.ngf
 
 
 def write(tmp_path, name, text):
@@ -121,7 +144,7 @@ def test_train_tool_rejects_unknown_key_in_one_line(repo_root):
     )
     assert proc.returncode == 2
     valid = ", ".join(f.name for f in dataclasses.fields(TrainConfig))
-    assert valid.startswith("epochs, max_steps, batch_size, loss, real_label, d_steps")
+    assert valid.startswith("epochs, max_steps, max_minutes, batch_size, loss, real_label, d_steps")
     assert proc.stderr.strip().splitlines() == [
         f"error: configs/dcgan_mnist.yaml: unknown key 'train.epoch' (valid: {valid})"
     ]
@@ -200,6 +223,9 @@ def test_missing_base_names_the_config_that_asked(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
+SNGAN_SIZES = {"nz": 6, "ngf": 3, "ndf": 5, "init_std": 0.0}  # 0 keeps sngan.py's own init
+
+
 @pytest.mark.parametrize(
     "model",
     [
@@ -208,8 +234,13 @@ def test_missing_base_names_the_config_that_asked(tmp_path):
         ModelConfig("dcgan", nz=5, ngf=3, ndf=5, image_size=32, channels=3),
         ModelConfig("acgan", nz=6, ngf=3, ndf=2, image_size=28, channels=1, num_classes=10),
         ModelConfig("acgan", nz=6, ngf=3, ndf=2, image_size=12, channels=3, num_classes=3),
+        ModelConfig("sngan", image_size=32, channels=3, **SNGAN_SIZES),
+        ModelConfig("sngan", image_size=32, channels=3, num_classes=10, **SNGAN_SIZES),
+        # spectral norm: weight_orig counts as the weight did, u and v are buffers
+        ModelConfig("sngan", image_size=64, num_classes=4, spectral_norm="gd", **SNGAN_SIZES),
+        ModelConfig("sngan", image_size=8, channels=1, **SNGAN_SIZES),
     ],
-    ids=lambda m: f"{m.name}-{m.image_size}",
+    ids=lambda m: f"{m.name}-{m.image_size}" + (f"-{m.num_classes}cls" if m.num_classes else ""),
 )
 def test_closed_form_parameter_counts_match_the_built_nets(model):
     from paddlegan_lite.models import build_models
@@ -220,8 +251,8 @@ def test_closed_form_parameter_counts_match_the_built_nets(model):
 
 
 def test_shipped_config_estimate(repo_root):
-    """dcgan_mnist by hand: G maps 256-128-64-32 at 4-8-16-32 px, D maps 32-64-128-256."""
-    est = estimate_memory(load_config(repo_root / "configs/dcgan_mnist.yaml"))
+    """dcgan_mnist_64 by hand: G maps 256-128-64-32 at 4-8-16-32 px, D maps 32-64-128-256."""
+    est = estimate_memory(load_config(repo_root / "configs/dcgan_mnist_64.yaml"))
     bn = 4  # BatchNorm: scale, shift, running mean and variance per channel
     g = 100 * 256 * 16 + (256 * 128 + 128 * 64 + 64 * 32 + 32) * 16 + bn * (256 + 128 + 64 + 32)
     d = (32 + 32 * 64 + 64 * 128 + 128 * 256 + 256) * 16 + bn * (64 + 128 + 256)
@@ -268,7 +299,7 @@ def test_a_checkpoint_config_needs_only_its_weights_to_fit(repo_root, monkeypatc
 )
 def test_sizes_the_machine_or_the_net_cannot_take(repo_root, override, expected):
     with pytest.raises(ConfigError, match=r"more than this machine|must be") as err:
-        load_config(repo_root / "configs/dcgan_mnist.yaml", [override])
+        load_config(repo_root / "configs/dcgan_mnist_64.yaml", [override])
     assert expected in str(err.value)
 
 

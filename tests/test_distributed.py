@@ -266,6 +266,23 @@ def test_acgan_with_batchnorm_dropout_and_d_steps(repo_root, mnist_root, tmp_pat
     assert rank_writes(reports, 1) == []
 
 
+def test_sngan_projection_d_spectral_norm_and_lr_decay(repo_root, mnist_root, tmp_path):
+    """The conditional SNGAN (conditional BatchNorm in G, projection D, spectral norm's power
+    iteration on every D forward, a linear lr decay): ranks still agree on every trained weight
+    and on spectral norm's u and v."""
+    run_dir = tmp_path / "run"
+    args = ["-o", *overrides(mnist_root, run_dir, "model.ngf=8", "model.ndf=8",
+                             "data.name=mnist", "model.channels=1", "train.batch_size=4",
+                             "train.max_steps=3", "train.log_interval=1")]  # fmt: skip
+    stdout, reports = launch(repo_root, tmp_path, "configs/sngan_cifar10_cond.yaml", run_dir, args)
+    rank0, rank1 = rank_weights(reports, 0), rank_weights(reports, 1)
+    trained = [k for k in rank0 if not k.endswith(("_mean", "_variance"))]
+    assert any(k.endswith("weight_u") for k in trained) and len(trained) >= 40
+    for key in trained:
+        np.testing.assert_array_equal(rank0[key], rank1[key], err_msg=key)
+    assert rank_writes(reports, 1) == []
+
+
 def test_ctrl_c_stops_every_rank_after_the_same_step(repo_root, mnist_root, tmp_path):
     """Ctrl-C to the launcher (which sends each rank SIGTERM, three times): the ranks agree on
     the step to stop after, rank 0 saves it, and every rank ends with the saved weights."""

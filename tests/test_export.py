@@ -29,6 +29,8 @@ TINY = {
     "dcgan_mnist": ["model.ngf=8", "model.ndf=4"],
     "dcgan_cifar10": ["model.ngf=8", "model.ndf=4"],
     "acgan_mnist": ["model.ngf=8", "model.ndf=4"],
+    "sngan_cifar10": ["model.ngf=8", "model.ndf=8"],
+    "sngan_cifar10_cond": ["model.ngf=8", "model.ndf=8"],
 }
 
 
@@ -62,9 +64,10 @@ def exported(tmp_path_factory):
     return runs
 
 
-def some_inputs(num_classes: int, batch: int, first_seed: int = 100):
-    """Noise the export check did not use, and labels spread over the classes."""
-    z = seed_latents(range(first_seed, first_seed + batch), 100)
+def some_inputs(net, batch: int, first_seed: int = 100):
+    """Noise the export check did not use, and labels spread over the classes of `net` (a
+    generator or a Generator: anything with nz and num_classes)."""
+    z, num_classes = seed_latents(range(first_seed, first_seed + batch), net.nz), net.num_classes
     labels = (np.arange(batch, dtype=np.int64) * 3 + 1) % num_classes if num_classes else None
     return z, labels
 
@@ -76,7 +79,7 @@ def test_paddle_inference_matches_dynamic_graph(exported, name, batch, mkldnn):
     _, checkpoint, model_dir = exported[name]
     netG, run_cfg, _, _ = export.load_generator(checkpoint)
     gen = Generator(model_dir, batch_size=4, mkldnn=mkldnn)  # 7 images: two predictor runs
-    z, labels = some_inputs(gen.num_classes, batch)
+    z, labels = some_inputs(gen, batch)
 
     actual = gen.run(z, labels)
     expected = export.run_dynamic(netG, z, labels)
@@ -111,7 +114,7 @@ def test_infer_cfg_describes_the_model(exported, name):
     assert names == sorted(["infer_cfg.yml", infer_cfg["model_file"], "inference.pdiparams"])
 
 
-@pytest.mark.parametrize("name", ["dcgan_cifar10", "acgan_mnist"])
+@pytest.mark.parametrize("name", ["dcgan_cifar10", "acgan_mnist", "sngan_cifar10_cond"])
 def test_a_seed_gives_the_same_image_in_any_batch(exported, name):
     gen = Generator(exported[name][2], batch_size=3)  # 8 seeds: runs of 3, 3 and 2
     label = 4 if gen.conditional else None
@@ -130,7 +133,7 @@ def test_a_seed_gives_the_same_image_in_any_batch(exported, name):
 def test_check_fails_loudly_beyond_the_tolerance(exported):
     _, checkpoint, model_dir = exported["dcgan_mnist"]
     netG, _, _, _ = export.load_generator(checkpoint)
-    z, _ = some_inputs(0, 4)
+    z, _ = some_inputs(netG, 4)
     expected = export.run_dynamic(netG, z, None)
 
     near = export.check_paddle_inference(model_dir, z, None, expected + export.TOLERANCE / 2)
@@ -194,7 +197,9 @@ def test_export_tool_missing_checkpoint_is_one_line(tmp_path):
 
 
 # ---------------------------------------------------------------------- ONNX
-@pytest.mark.parametrize("name", ["mlp_gan_mnist", "dcgan_cifar10", "acgan_mnist"])
+@pytest.mark.parametrize(
+    "name", ["mlp_gan_mnist", "dcgan_cifar10", "acgan_mnist", "sngan_cifar10_cond"]
+)
 def test_onnx_export_matches_dynamic_graph(exported, tmp_path, name):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("paddle2onnx")
@@ -207,7 +212,7 @@ def test_onnx_export_matches_dynamic_graph(exported, tmp_path, name):
         str(tmp_path / "out" / "inference.onnx"), providers=["CPUExecutionProvider"]
     )
     for batch in (1, 7):
-        z, labels = some_inputs(netG.num_classes, batch)
+        z, labels = some_inputs(netG, batch)
         feeds = {"z": z} if labels is None else {"z": z, "labels": labels}
         actual = session.run(None, feeds)[0]
         np.testing.assert_allclose(
@@ -238,7 +243,7 @@ def test_onnx_is_skipped_with_a_message_without_paddle2onnx(exported, monkeypatc
     monkeypatch.setitem(sys.modules, "paddle2onnx", None)  # import now raises ImportError
     monkeypatch.setattr(export.log, "propagate", True)
     _, checkpoint, model_dir = exported["dcgan_mnist"]
-    z, _ = some_inputs(0, 2)
+    z, _ = some_inputs(Generator(model_dir), 2)
     with caplog.at_level(logging.INFO, logger="paddlegan_lite"):
         result = export.export_onnx(model_dir, {}, z, None, None)
     assert result is None
@@ -252,7 +257,7 @@ def test_reference_runs_on_cpu_in_float32_whatever_the_current_device(exported, 
     a CPU place in float32 (a GPU would run it in TF32), and the device is put back after."""
     _, checkpoint, _ = exported["acgan_mnist"]
     netG, _, _, _ = export.load_generator(checkpoint)
-    z, labels = some_inputs(netG.num_classes, 4)
+    z, labels = some_inputs(netG, 4)
     expected = export.run_dynamic(netG, z, labels)
 
     current = ["gpu:0"]

@@ -123,8 +123,8 @@ def test_half_precision_d_outputs_reach_meter_logs_and_checkpoints_as_float32(
     trainer = build_trainer(cfg, build_dataset(cfg.data, cfg.model.image_size, 1, train=True))
     full_precision_forward = trainer.netD.forward
 
-    def half_forward(x):
-        out = full_precision_forward(x)
+    def half_forward(x, labels=None):
+        out = full_precision_forward(x, labels)
         if isinstance(out, tuple):
             return tuple(o.astype(dtype) for o in out)
         return out.astype(dtype)

@@ -56,7 +56,7 @@ def test_seeds_write_one_png_per_seed(models, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == names
     expected = Generator(models["dcgan_mnist"]).generate([0, 1, 2, 3, 7])[..., 0]  # gray
     actual = np.stack([read_png(tmp_path / name) for name in names])
-    assert actual.shape == (5, 64, 64)
+    assert actual.shape == (5, 32, 32)
     np.testing.assert_array_equal(actual, expected)
 
 
@@ -232,7 +232,7 @@ def test_grid_over_the_memory_limit_is_refused_before_any_image(models, monkeypa
     monkeypatch.setattr(gen, "generate", lambda *args: made.append(args))
     need = grid_bytes(100, gen.image_shape)
     monkeypatch.setattr(inference, "GRID_MAX_BYTES", need - 1)
-    with pytest.raises(InferenceError, match="--grid of 100 images of 1x64x64 needs"):
+    with pytest.raises(InferenceError, match="--grid of 100 images of 1x32x32 needs"):
         save_seed_images(gen, list(range(100)), grid_path=tmp_path / "g.png")
     assert made == [] and not (tmp_path / "g.png").exists()
 

@@ -21,6 +21,8 @@ TINY = {
     "dcgan_cifar10": ["model.ngf=8", "model.ndf=8", "model.image_size=32"],
     "dcgan_cifar10_32": ["model.ngf=8", "model.ndf=8"],
     "acgan_mnist": ["model.ngf=8", "model.ndf=4"],
+    "sngan_cifar10": ["model.ngf=8", "model.ndf=8"],
+    "sngan_cifar10_cond": ["model.ngf=8", "model.ndf=8"],
 }
 
 

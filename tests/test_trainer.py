@@ -34,6 +34,8 @@ def tiny_cfg(repo_root, name, mnist_root, out, *extra):
         "mlp_gan_mnist": ["model.hidden=32"],
         "dcgan_mnist": ["model.ngf=8", "model.ndf=8", "model.image_size=32"],
         "acgan_mnist": ["model.ngf=8", "model.ndf=4"],
+        # the conditional SNGAN (projection D) on the gray digits
+        "sngan_cifar10_cond": ["model.ngf=8", "model.ndf=8", "data.name=mnist", "model.channels=1"],
     }[name]
     return load_config(
         repo_root / "configs" / f"{name}.yaml",
@@ -53,8 +55,14 @@ def tiny_cfg(repo_root, name, mnist_root, out, *extra):
 
 @pytest.mark.parametrize(
     "name, options",
-    [("dcgan_mnist", []), ("acgan_mnist", []), ("dcgan_mnist", ["optimizer.multi_tensor=true"])],
-    ids=["dcgan", "acgan", "dcgan-multi-tensor-adam"],
+    [
+        ("dcgan_mnist", []),
+        ("acgan_mnist", []),
+        ("dcgan_mnist", ["optimizer.multi_tensor=true"]),
+        # (a linear lr decay follows the configured length, which the halves here change)
+        ("sngan_cifar10_cond", ["train.d_steps=2", "train.ema_decay=0.9", "optimizer.lr_decay="]),
+    ],
+    ids=["dcgan", "acgan", "dcgan-multi-tensor-adam", "sngan-cond"],
 )
 def test_resume_equals_uninterrupted_run(repo_root, mnist_root, tmp_path, name, options):
     """2N steps == N steps + resume + N steps: same step, same weights, same Adam state."""
@@ -318,3 +326,69 @@ def test_amp_code_path_runs_and_resumes(repo_root, mnist_root, tmp_path):
     again = build_trainer(cfg, build_dataset(cfg.data, 32, 1, train=True))
     again.load(tmp_path / "b" / "checkpoints" / "latest")
     assert again.step == 3
+
+
+def test_linear_lr_decay_falls_to_zero_at_the_last_step(repo_root, mnist_root, tmp_path):
+    rates = ["optimizer.g.lr=1e-3", "optimizer.d.lr=4e-3"]
+    cfg = tiny_cfg(repo_root, "dcgan_mnist", mnist_root, tmp_path, "train.max_steps=10",
+                   "optimizer.lr_decay=linear", *rates)  # fmt: skip
+    trainer = build_trainer(cfg, build_dataset(cfg.data, 32, 1, train=True))
+    for step, factor in ((0, 1.0), (4, 0.6), (9, 0.1), (10, 0.0)):
+        trainer.step = step
+        trainer.set_learning_rates(10)
+        assert trainer.optG.get_lr() == pytest.approx(1e-3 * factor)
+        assert trainer.optD.get_lr() == pytest.approx(4e-3 * factor)
+    constant = tiny_cfg(repo_root, "dcgan_mnist", mnist_root, tmp_path / "c", "train.max_steps=10")
+    trainer = build_trainer(constant, build_dataset(constant.data, 32, 1, train=True))
+    trainer.step = 9
+    trainer.set_learning_rates(10)
+    assert trainer.optG.get_lr() == pytest.approx(2e-4)  # the config's lr, unchanged
+
+
+def test_lr_decay_needs_a_length_in_steps(repo_root, mnist_root, tmp_path):
+    with pytest.raises(UserError, match="'optimizer.lr_decay' linear needs the run's length"):
+        tiny_cfg(repo_root, "dcgan_mnist", mnist_root, tmp_path, "train.epochs=0",
+                 "train.max_minutes=1", "optimizer.lr_decay=linear")  # fmt: skip
+    with pytest.raises(UserError, match="'optimizer.lr_decay' is 'cosine'; valid: \"\", linear"):
+        tiny_cfg(repo_root, "dcgan_mnist", mnist_root, tmp_path, "optimizer.lr_decay=cosine")
+
+
+def test_max_minutes_stops_saves_and_says_so(repo_root, mnist_root, tmp_path, caplog):
+    """train.max_minutes alone bounds the run: it stops at the first step past the time, with a
+    checkpoint a resume continues from."""
+    from paddlegan_lite.logger import log
+
+    cfg = tiny_cfg(repo_root, "dcgan_mnist", mnist_root, tmp_path, "train.epochs=0",
+                   "train.max_minutes=0.001")  # 60 ms  # fmt: skip
+    log.propagate = True
+    try:
+        with caplog.at_level("INFO", logger="paddlegan_lite"):
+            train(cfg)
+    finally:
+        log.propagate = False
+    state, _ = load_checkpoint(tmp_path / "checkpoints" / "latest")
+    assert 1 <= state["step"] < 1000
+    assert f"train.max_minutes=0.001 reached at step {state['step']}" in caplog.text
+    assert "received" not in caplog.text
+
+
+def test_a_conditional_d_sees_the_real_and_the_drawn_classes(repo_root, mnist_root, tmp_path):
+    """One trainer for every family: the projection D gets the dataset's labels with the real
+    batch and G's drawn labels with the fake one (and in the G step)."""
+    from paddlegan_lite.trainer import EpochBatchSampler
+
+    cfg = tiny_cfg(repo_root, "sngan_cifar10_cond", mnist_root, tmp_path, "train.max_steps=1",
+                   "train.d_steps=1")  # fmt: skip
+    dataset = build_dataset(cfg.data, 32, 1, train=True)
+    trainer = build_trainer(cfg, dataset)
+    seen_by_d, drawn = [], []
+    trainer.netD.register_forward_pre_hook(lambda layer, args: seen_by_d.append(args[1].numpy()))
+    trainer.netG.register_forward_pre_hook(lambda layer, args: drawn.append(args[1].numpy()))
+    trainer.fit()
+    first_batch = next(iter(EpochBatchSampler(len(dataset), 8, cfg.seed)))
+    real_labels = dataset.get_batch(first_batch)[1].reshape(-1)
+    assert len(seen_by_d) == 3  # real and fake in the D step, fake in the G step
+    np.testing.assert_array_equal(seen_by_d[0], real_labels)
+    np.testing.assert_array_equal(seen_by_d[1], drawn[0])
+    np.testing.assert_array_equal(seen_by_d[2], drawn[0])
+    assert not np.array_equal(drawn[0], real_labels)  # drawn, not copied from the data

@@ -16,6 +16,7 @@ from paddlegan_lite.config import ModelConfig
 from paddlegan_lite.models.acgan import ACGANDiscriminator, ACGANGenerator
 from paddlegan_lite.models.dcgan import DCGANDiscriminator, DCGANGenerator, init_weights
 from paddlegan_lite.models.mlp_gan import MLPDiscriminator, MLPGenerator
+from paddlegan_lite.models.sngan import SNGANDiscriminator, SNGANGenerator
 
 
 def _mlp_gan(m: ModelConfig):
@@ -39,7 +40,14 @@ def _acgan(m: ModelConfig):
     )
 
 
-MODEL_BUILDERS = {"mlp_gan": _mlp_gan, "dcgan": _dcgan, "acgan": _acgan}
+def _sngan(m: ModelConfig):
+    return (
+        SNGANGenerator(m.nz, m.ngf, m.channels, m.image_size, m.num_classes),
+        SNGANDiscriminator(m.ndf, m.channels, m.image_size, m.num_classes),
+    )
+
+
+MODEL_BUILDERS = {"mlp_gan": _mlp_gan, "dcgan": _dcgan, "acgan": _acgan, "sngan": _sngan}
 
 
 def build_models(m: ModelConfig):
@@ -53,13 +61,13 @@ def build_models(m: ModelConfig):
     init_weights(netG, m.init_std)
     init_weights(netD, m.init_std)
     if "d" in m.spectral_norm:
-        apply_spectral_norm(netD)
+        apply_spectral_norm(netD, embeddings=True)
     if "g" in m.spectral_norm:
         apply_spectral_norm(netG)
     return netG, netD
 
 
-def apply_spectral_norm(net: nn.Layer) -> nn.Layer:
+def apply_spectral_norm(net: nn.Layer, embeddings: bool = False) -> nn.Layer:
     """Spectral normalisation (Miyato et al. 2018) of every conv, transposed-conv and linear
     weight of a built net, in place, with Paddle's own hook (paddle.nn.utils.spectral_norm).
 
@@ -71,11 +79,17 @@ def apply_spectral_norm(net: nn.Layer) -> nn.Layer:
 
     The weight is seen as a matrix [out, -1] (the `dim` moved first), as in PyTorch: dim 0 for
     Conv2D's [out, in, k, k]; dim 1 for Conv2DTranspose's [in, out, k, k] and Linear's [in, out].
+
+    With `embeddings` (build_models sets it for D) nn.Embedding weights are normalised too, as
+    the matrix [num_classes, dim] (dim 0, as mimicry's SNEmbedding): the projection D's class
+    embedding is a linear map of the one-hot label into the logit. G's embeddings are not: they
+    are per-class gains (AC-GAN's noise scaling, conditional BatchNorm's gamma and beta,
+    initialised to 1 and 0), which division by the matrix norm would shrink towards 0.
     """
     for layer in net.sublayers(include_self=True):
         if isinstance(layer, (nn.Conv2DTranspose, nn.Linear)):
             spectral_norm(layer, dim=1)
-        elif isinstance(layer, nn.Conv2D):
+        elif isinstance(layer, nn.Conv2D) or (embeddings and isinstance(layer, nn.Embedding)):
             spectral_norm(layer, dim=0)
     return net
 
@@ -106,4 +120,6 @@ __all__ = [
     "DCGANDiscriminator",
     "MLPGenerator",
     "MLPDiscriminator",
+    "SNGANGenerator",
+    "SNGANDiscriminator",
 ]

@@ -90,6 +90,6 @@ class ACGANDiscriminator(nn.Layer):
         self.adv_head = nn.Linear(self.num_features, 1)
         self.cls_head = nn.Linear(self.num_features, num_classes)
 
-    def forward(self, x):
+    def forward(self, x, labels=None):  # D names the class itself: labels are not used
         features = self.features(x).reshape([-1, self.num_features])
         return self.adv_head(features).reshape([-1]), self.cls_head(features)

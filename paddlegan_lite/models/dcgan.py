@@ -49,7 +49,7 @@ class DCGANGenerator(nn.Layer):
         layers += [FastConv2DTranspose(width, channels, 4, 2, 1, bias_attr=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)
 
-    def forward(self, z):
+    def forward(self, z, labels=None):  # unconditional: labels are not used
         return self.main(z.reshape([-1, self.nz, 1, 1]))
 
 
@@ -73,7 +73,7 @@ class DCGANDiscriminator(nn.Layer):
         layers += [FastConv2D(width, 1, 4, 1, 0, bias_attr=False)]
         self.main = nn.Sequential(*layers)
 
-    def forward(self, x):
+    def forward(self, x, labels=None):
         return self.main(x).reshape([-1])  # reshape: flatten has no double grad (penalties)
 
 
@@ -88,6 +88,8 @@ def init_weights(net: nn.Layer, std: float = 0.02) -> None:
         if isinstance(layer, (nn.Conv2D, nn.Conv2DTranspose, nn.Linear)):
             normal(layer.weight)
         elif isinstance(layer, (nn.BatchNorm2D, nn.BatchNorm1D)):
+            if layer.weight is None or layer.weight.stop_gradient:  # a fixed affine part
+                continue  # (SNGAN's conditional BatchNorm: the class's gain and shift follow)
             around_one(layer.weight)
         else:
             continue

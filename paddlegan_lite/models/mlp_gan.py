@@ -30,7 +30,7 @@ class MLPGenerator(nn.Layer):
             nn.Tanh(),
         )
 
-    def forward(self, z):
+    def forward(self, z, labels=None):  # unconditional: labels are not used
         return self.main(z).reshape([-1, *self.image_shape])
 
 
@@ -48,6 +48,6 @@ class MLPDiscriminator(nn.Layer):
             nn.Linear(hidden, 1),  # a logit: the loss applies the sigmoid in a stable form
         )
 
-    def forward(self, x):
+    def forward(self, x, labels=None):
         # reshape, not flatten: Paddle 3.3's flatten has no double grad (gradient penalties)
         return self.main(x.reshape([-1, self.in_features])).reshape([-1])

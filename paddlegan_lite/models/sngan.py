@@ -1,0 +1,238 @@
+"""SNGAN's ResNet generator and discriminator (Miyato et al. 2018), the CIFAR-10 nets of mimicry's
+`sngan_32.py`; with num_classes > 0, conditional BatchNorm in G and a projection D (Miyato &
+Koyama 2018), mimicry's `cgan_pd_32.py`.
+
+Image size is a parameter (8, 16, 32, 64, ...): G has one up-block per doubling above 4x4; D
+halves the side until 8x8 (at least once), then runs two blocks at that size, as the 32x32 net.
+The constructors draw mimicry's Xavier init; build_models redraws the conv and linear weights as
+N(0, model.init_std) when that is > 0, so the SNGAN configs set init_std: 0. Spectral norm comes
+from model.spectral_norm (models.apply_spectral_norm), like every family.
+"""
+
+from __future__ import annotations
+
+import math
+
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+from paddlegan_lite.models.layers import FastConv2D, UpsampleConv2D
+
+RESIDUAL_GAIN = math.sqrt(2.0)  # Xavier gain of the convs on the residual paths (mimicry)
+
+
+def num_upsamplings(image_size: int) -> int:
+    """G's up-blocks between its 4x4 map and image_size x image_size (image_size = 4 * 2**k)."""
+    k = int(round(math.log2(max(image_size, 1)))) - 2
+    if k < 1 or 4 * 2**k != image_size:
+        raise ValueError(
+            f"SNGAN image_size must be 4 * 2**k with k >= 1 (8, 16, 32, 64, ...), got {image_size}"
+        )
+    return k
+
+
+def _xavier(layer: nn.Layer, gain: float = 1.0) -> nn.Layer:
+    """Xavier-uniform weight with this gain and zero bias, in place (mimicry's init)."""
+    nn.initializer.XavierUniform(gain=gain)(layer.weight)
+    if getattr(layer, "bias", None) is not None:
+        nn.initializer.Constant(0.0)(layer.bias)
+    return layer
+
+
+def _upsample(x):
+    """2x nearest upsampling: [N, C, H, W] -> [N, C, 2H, 2W]. Each pixel broadcast to a 2x2
+    patch: the values of F.interpolate(mode="nearest"), faster than Paddle's CPU kernel for it."""
+    _, c, h, w = x.shape
+    patches = x.reshape([-1, c, h, 1, w, 1]).expand([-1, c, h, 2, w, 2])
+    return patches.reshape([-1, c, 2 * h, 2 * w])
+
+
+def _downsample(x):
+    """2x2 average pooling, stride 2: [N, C, H, W] -> [N, C, H/2, W/2]. The stock op: Paddle 3.3
+    differentiates its gradient again (R1, WGAN-GP), as it does F.relu's and the sum's."""
+    return F.avg_pool2d(x, kernel_size=2, stride=2)
+
+
+def _labels(labels, net: str):
+    """Class labels as int64 [N] (from [N] or [N, 1]); refused when missing."""
+    if labels is None:
+        raise ValueError(f"this {net} is class-conditional: pass labels (int64 [N])")
+    return labels.reshape([-1])
+
+
+class ConditionalBatchNorm2D(nn.Layer):
+    """BatchNorm2D with no learned scale and shift, then the label's: y = gamma[label] * bn(x) +
+    beta[label], gamma and beta [num_classes, C] embeddings initialised to 1 and 0.
+
+    x [N, C, H, W], labels int64 [N] -> [N, C, H, W].
+    """
+
+    def __init__(self, num_features: int, num_classes: int):
+        super().__init__()
+        self.num_features = num_features
+        # its own scale and shift held at 1 and 0 rather than absent: Paddle Inference's
+        # conv2d_transpose_bias_bn fuse pass fails on a batch_norm without them (PIR, 3.3.1)
+        fixed = lambda value: paddle.ParamAttr(  # noqa: E731
+            initializer=nn.initializer.Constant(value), trainable=False
+        )
+        self.bn = nn.BatchNorm2D(num_features, weight_attr=fixed(1.0), bias_attr=fixed(0.0))
+        self.gamma = nn.Embedding(num_classes, num_features)
+        self.beta = nn.Embedding(num_classes, num_features)
+        nn.initializer.Constant(1.0)(self.gamma.weight)
+        nn.initializer.Constant(0.0)(self.beta.weight)
+
+    def forward(self, x, labels):
+        shape = [-1, self.num_features, 1, 1]
+        gamma, beta = self.gamma(labels).reshape(shape), self.beta(labels).reshape(shape)
+        return gamma * self.bn(x) + beta
+
+
+def _batch_norm(num_features: int, num_classes: int) -> nn.Layer:
+    if num_classes > 0:
+        return ConditionalBatchNorm2D(num_features, num_classes)
+    return nn.BatchNorm2D(num_features)
+
+
+def _normalise(bn: nn.Layer, x, labels):
+    return bn(x, labels) if isinstance(bn, ConditionalBatchNorm2D) else bn(x)
+
+
+class GBlock(nn.Layer):
+    """G's residual up-block: (BN, ReLU, 2x upsample, 3x3 conv, BN, ReLU, 3x3 conv) plus a 1x1 conv
+    of the upsampled input. x [N, Ci, H, W] -> [N, Co, 2H, 2W]."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_classes: int = 0):
+        super().__init__()
+        self.b1 = _batch_norm(in_channels, num_classes)
+        # "2x nearest upsample, then 3x3 conv" as one UpsampleConv2D: same math, 2.25x fewer
+        # multiply-adds and no upsampled copy
+        self.c1 = _xavier(UpsampleConv2D(in_channels, out_channels, 3, padding=1), RESIDUAL_GAIN)
+        self.b2 = _batch_norm(out_channels, num_classes)
+        self.c2 = _xavier(FastConv2D(out_channels, out_channels, 3, padding=1), RESIDUAL_GAIN)
+        self.c_sc = _xavier(FastConv2D(in_channels, out_channels, 1))
+
+    def forward(self, x, labels=None):
+        h = self.c1(F.relu(_normalise(self.b1, x, labels)))
+        h = self.c2(F.relu(_normalise(self.b2, h, labels)))
+        # Shortcut: upsample then 1x1 conv, computed as 1x1 conv then upsample. The same function:
+        # the conv acts on each pixel alone and nearest upsampling copies pixels, so they commute;
+        # this order convolves 4x fewer pixels.
+        return h + _upsample(self.c_sc(x))
+
+
+class SNGANGenerator(nn.Layer):
+    """(z [N, nz], labels int64 [N] or None) -> images [N, channels, image_size, image_size] in
+    [-1, 1]. Unconditional when num_classes is 0 (labels are then ignored); otherwise every
+    BatchNorm in the blocks is a ConditionalBatchNorm2D and labels are required."""
+
+    def __init__(
+        self,
+        nz: int = 128,
+        ngf: int = 256,
+        channels: int = 3,
+        image_size: int = 32,
+        num_classes: int = 0,
+    ):
+        super().__init__()
+        self.nz = nz
+        self.ngf = ngf
+        self.num_classes = num_classes
+        self.image_shape = (channels, image_size, image_size)
+        n = num_upsamplings(image_size)
+        self.fc = _xavier(nn.Linear(nz, ngf * 4 * 4))
+        # state size. ngf x 4 x 4
+        self.blocks = nn.LayerList([GBlock(ngf, ngf, num_classes) for _ in range(n)])
+        # state size. ngf x image_size x image_size (each block doubles the side)
+        self.bn = nn.BatchNorm2D(ngf)  # plain, as mimicry's conditional G
+        self.conv = _xavier(FastConv2D(ngf, channels, 3, padding=1))
+
+    def forward(self, z, labels=None):
+        labels = _labels(labels, "generator") if self.num_classes else None
+        h = self.fc(z).reshape([-1, self.ngf, 4, 4])
+        for block in self.blocks:
+            h = block(h, labels)
+        return paddle.tanh(self.conv(F.relu(self.bn(h))))
+
+
+class OptimizedDBlock(nn.Layer):
+    """D's first block: (3x3 conv, ReLU, 3x3 conv, 2x2 average pool) plus a 1x1 conv of the pooled
+    input; no ReLU before the first conv (it would clip the image). x [N, Ci, H, W] ->
+    [N, Co, H/2, W/2]."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.c1 = _xavier(FastConv2D(in_channels, out_channels, 3, padding=1), RESIDUAL_GAIN)
+        self.c2 = _xavier(FastConv2D(out_channels, out_channels, 3, padding=1), RESIDUAL_GAIN)
+        self.c_sc = _xavier(FastConv2D(in_channels, out_channels, 1))
+
+    def forward(self, x):
+        h = _downsample(self.c2(F.relu(self.c1(x))))
+        return h + self.c_sc(_downsample(x))
+
+
+class DBlock(nn.Layer):
+    """D's residual block: (ReLU, 3x3 conv, ReLU, 3x3 conv[, 2x2 average pool]) plus the input,
+    through a 1x1 conv (and the pool) where the block downsamples or changes the width.
+    x [N, Ci, H, W] -> [N, Co, H/2, W/2] (downsample) or [N, Co, H, W]."""
+
+    def __init__(self, in_channels: int, out_channels: int, downsample: bool):
+        super().__init__()
+        self.downsample = downsample
+        self.c1 = _xavier(FastConv2D(in_channels, in_channels, 3, padding=1), RESIDUAL_GAIN)
+        self.c2 = _xavier(FastConv2D(in_channels, out_channels, 3, padding=1), RESIDUAL_GAIN)
+        learnable_sc = downsample or in_channels != out_channels
+        self.c_sc = _xavier(FastConv2D(in_channels, out_channels, 1)) if learnable_sc else None
+
+    def forward(self, x):
+        h = self.c2(F.relu(self.c1(F.relu(x))))
+        shortcut = x if self.c_sc is None else self.c_sc(x)
+        if self.downsample:
+            h, shortcut = _downsample(h), _downsample(shortcut)
+        return h + shortcut
+
+
+class SNGANDiscriminator(nn.Layer):
+    """(images [N, channels, image_size, image_size], labels int64 [N] or None) -> real/fake
+    logits [N]. With num_classes > 0 a projection D: the logit gains <embed(label), h>, h D's
+    pooled features, and labels are required; with 0 labels are ignored.
+
+    Twice differentiable for R1 and WGAN-GP (tests/test_sngan.py checks the penalties' weight
+    gradients against finite differences).
+    """
+
+    def __init__(
+        self, ndf: int = 128, channels: int = 3, image_size: int = 32, num_classes: int = 0
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        n = num_upsamplings(image_size)
+        # the first block halves the side; down-blocks follow until 8x8 (32x32: one)
+        blocks = [OptimizedDBlock(channels, ndf)]
+        blocks += [DBlock(ndf, ndf, downsample=True) for _ in range(n - 2)]
+        # state size. ndf x 8 x 8 (ndf x 4 x 4 for image_size 8)
+        blocks += [DBlock(ndf, ndf, downsample=False) for _ in range(2)]
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = _xavier(nn.Linear(ndf, 1))
+        if num_classes > 0:
+            self.embed = _xavier(nn.Embedding(num_classes, ndf))
+
+    def forward(self, x, labels=None):
+        # global sum pooling: h [N, ndf]
+        h = F.relu(self.blocks(x)).sum(axis=[2, 3])
+        logits = self.fc(h).reshape([-1])  # reshape: flatten has no double grad (penalties)
+        if self.num_classes:
+            # projection: the class enters as an inner product with the features
+            logits = logits + (self.embed(_labels(labels, "discriminator")) * h).sum(axis=1)
+        return logits
+
+
+__all__ = [
+    "ConditionalBatchNorm2D",
+    "DBlock",
+    "GBlock",
+    "OptimizedDBlock",
+    "SNGANDiscriminator",
+    "SNGANGenerator",
+    "num_upsamplings",
+]
