@@ -449,6 +449,27 @@ def _check_values(cfg: Config, source: str) -> None:
         )
 
 
+def check_run(cfg: Config, device: str, world_size: int) -> None:
+    """The checks that need the machine: the device the run resolved to ("cpu" or "gpu...") and
+    the number of processes. tools/train.py (also with --dry-run) calls this before training."""
+    if cfg.train.amp != "off" and device == "cpu":
+        raise ConfigError(
+            f"train.amp={cfg.train.amp} needs a GPU: on CPU Paddle's auto_cast leaves every op "
+            "in float32 (no speed-up, no memory saved); use train.amp=off"
+        )
+    if cfg.eval.interval and world_size > 1 and device == "cpu":
+        raise ConfigError(
+            "eval.interval with several CPU processes: evaluation runs on rank 0 while the others "
+            "wait, and Paddle's gloo backend aborts a wait over 30 s; evaluate checkpoints with "
+            "tools/eval.py instead"
+        )
+    if cfg.distributed.sync_bn and world_size > 1 and device == "cpu":
+        raise ConfigError(
+            "distributed.sync_bn needs GPUs: Paddle's SyncBatchNorm has no CPU kernel; "
+            "set distributed.sync_bn=false"
+        )
+
+
 # ------------------------------------------------------------------------------------------------
 # Memory: refuse a run that cannot fit, before anything is allocated
 # ------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from paddlegan_lite.augment import diff_augment
 from paddlegan_lite.cli import exit_now
 from paddlegan_lite.config import (
     Config,
+    check_run,
     config_from_dict,
     config_to_dict,
     dump_config,
@@ -758,17 +759,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     threads, threads_from = use_cpu_threads(cfg.train.threads)
     if cfg.train.deterministic:
         use_deterministic_kernels()
-    if cfg.train.amp != "off" and device == "cpu":
-        raise UserError(
-            f"train.amp={cfg.train.amp} needs a GPU: on CPU Paddle's auto_cast leaves every op "
-            "in float32 (no speed-up, no memory saved); use train.amp=off"
-        )
-    if cfg.eval.interval and distributed.world_size() > 1 and device == "cpu":
-        raise UserError(
-            "eval.interval with several CPU processes: evaluation runs on rank 0 while the others "
-            "wait, and Paddle's gloo backend aborts a wait over 30 s; evaluate checkpoints with "
-            "tools/eval.py instead"
-        )
+    check_run(cfg, device, distributed.world_size())
     distributed.init(device)  # several processes (paddle.distributed.launch): join the group
     if not distributed.is_main():
         log.setLevel(logging.WARNING)  # rank 0 speaks for the run
@@ -783,6 +774,24 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     finally:
         if lock is not None:
             lock.release()
+
+
+def dry_run(cfg: Config) -> str:
+    """What `tools/train.py --dry-run` prints: the resolved config and the verdict of every check
+    (the file's and the machine's: device, processes, memory), without reading data or training."""
+    from paddlegan_lite.config import estimate_memory, machine_memory
+    from paddlegan_lite.runtime import cpu_threads, select_device
+
+    device = select_device(distributed.local_device(cfg.train.device))
+    check_run(cfg, device, distributed.world_size())
+    threads, threads_from = cpu_threads(cfg.train.threads)
+    need, have = estimate_memory(cfg).total_bytes, machine_memory()
+    memory = f"about {need / 2**30:.2f} GiB" + (f" of {have / 2**30:.1f} GiB" if have else "")
+    return (
+        f"{dump_config(cfg)}\n"
+        f"checks passed: device {device}, {distributed.world_size()} process(es), CPU threads "
+        f"{threads} ({threads_from}), memory {memory}; run folder {cfg.train.output_dir}"
+    )
 
 
 def claim_run_folder(run_dir: Path) -> run_folder.RunFolderLock | None:

@@ -111,3 +111,21 @@ def test_missing_cifar_is_one_line_error(repo_root, tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "cifar-10-python.tar.gz" in lines[0], proc.stderr
+
+
+def test_dry_run_prints_the_config_and_the_verdict_and_writes_nothing(repo_root, tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = [f"train.output_dir={run_dir}", "data.root=/nonexistent", "train.threads=1"]
+    proc = run_train(repo_root, "configs/sngan_cifar10_cond.yaml", overrides, ["--dry-run"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "  name: sngan\n" in proc.stdout and "  num_classes: 10\n" in proc.stdout
+    verdict = proc.stdout.strip().splitlines()[-1]
+    assert verdict.startswith("checks passed: device cpu, 1 process(es), CPU threads 1")
+    assert f"run folder {run_dir}" in verdict
+    assert not run_dir.exists()  # no data read, nothing trained or written
+    refused = run_train(repo_root, "configs/dcgan_mnist.yaml", ["train.amp=bf16"], ["--dry-run"])
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        "error: train.amp=bf16 needs a GPU: on CPU Paddle's auto_cast leaves every op in float32 "
+        "(no speed-up, no memory saved); use train.amp=off"
+    )

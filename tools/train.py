@@ -19,13 +19,22 @@ def main() -> int:
         help="checkpoint folder to continue from, or a run folder (its newest complete "
         "checkpoint), or 'auto' for this run's newest",
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved config and the checks' verdict (device, processes, memory), "
+        "then exit without training",
+    )
     args = parser.parse_args()
 
     from paddlegan_lite.config import load_config
 
     cfg = load_config(args.config, args.override)  # before Paddle loads: config errors are quick
-    from paddlegan_lite.trainer import train
+    from paddlegan_lite.trainer import dry_run, train
 
+    if args.dry_run:
+        print(dry_run(cfg))
+        return 0
     train(cfg, resume=args.resume)
     return 0
 
