@@ -32,7 +32,8 @@ sys.path.insert(0, str(REPO_ROOT))  # paddlegan_lite from this checkout (importe
 # config -> (warm-up steps = log interval, measured intervals): about 10-40 s per run here
 STEPS = {
     "mlp_gan_mnist": (50, 8),
-    "dcgan_mnist": (5, 4),
+    "dcgan_mnist": (10, 4),
+    "dcgan_mnist_64": (5, 4),
     "acgan_mnist": (5, 4),
     "dcgan_cifar10": (3, 2),
     "dcgan_cifar10_32": (10, 4),

@@ -100,7 +100,7 @@ class EvalConfig:
     batch_size: int = 250  # images per generator/extractor batch
     extractor: str = "classifier"  # classifier (trained on the data, cached) | inception
     inception_weights: str = ""  # InceptionV3 FID weights (.safetensors/.npz), for `inception`
-    classifier_steps: int = 600  # training steps of the classifier extractor on first use
+    classifier_steps: int = 0  # classifier extractor's training steps on first use; 0: its recipe's
     seed: int = 0  # fixes the noise (and labels) of every evaluation: numbers compare over time
     cache_dir: str = ""  # classifier and real-feature cache; empty: ~/.cache/paddlegan_lite
 

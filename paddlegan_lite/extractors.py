@@ -27,6 +27,7 @@ scores IS on its `logits_unbiased`. Published IS values are computed that way.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -47,17 +48,13 @@ from paddlegan_lite import checkpoint as ckpt
 from paddlegan_lite.datasets import file_digest
 from paddlegan_lite.errors import UserError
 from paddlegan_lite.logger import log
+from paddlegan_lite.models.layers import FastConv2D
 
 CACHE_ENV = "PADDLEGAN_LITE_CACHE"
-CLASSIFIER_VERSION = 1  # bump when the architecture or the training recipe changes
+CLASSIFIER_VERSION = 2  # bump when the architecture or the training recipe changes
 CLASSIFIER_SIDE = 32  # images are resized to 32 x 32 inside the net: cost independent of size
-CLASSIFIER_WIDTH = 16
 CLASSIFIER_FEATURES = 128
-# Measured on the bundled 5,000 MNIST digits (4,000 to train): 600 steps of 64 reach ~97% on the
-# other 1,000 in ~40 s on a busy 2-core CPU; more steps add little to the feature space.
-CLASSIFIER_STEPS = 600
-CLASSIFIER_BATCH = 64
-CLASSIFIER_LR = 1e-3
+CLASSIFIER_STEPS = 0  # 0: the steps of the data's recipe (ClassifierRecipe.steps)
 INCEPTION_SIDE = 299
 INCEPTION_FEATURES = 2048
 INCEPTION_LOGITS = 1008  # the 2015 graph's classifier: 1,000 ImageNet classes and 8 unused
@@ -110,26 +107,54 @@ def _hash_items(dataset, indices: np.ndarray) -> str:
 
 
 # ---------------------------------------------------------------------- the classifier
-class ClassifierNet(nn.Layer):
-    """images [N, C, H, W] in [-1, 1] -> (features [N, 128], class logits [N, K])."""
+@dataclasses.dataclass(frozen=True)
+class ClassifierRecipe:
+    """How the classifier is built and trained for one kind of data. Accuracy and training time
+    of each: bench/RESULTS.md, "The classifier extractor"."""
 
-    def __init__(self, channels: int, num_classes: int, width: int = CLASSIFIER_WIDTH):
+    name: str
+    width: int  # channels of the first stage; the second and third have 2x and 4x
+    convs: int  # 3x3 conv + BatchNorm + ReLU blocks per stage
+    steps: int  # training steps when the caller asks for 0 (CLASSIFIER_STEPS)
+    batch_size: int
+    lr: float  # peak of Adam's one-cycle schedule
+    crop_padding: int  # train on random crops of the image padded by this many pixels (0: off)
+    flip: bool  # train on images mirrored left-right half of the time
+
+
+# Digits: one conv per stage and small shifts; cheap, as the tests train it on tiny data often.
+DIGITS = ClassifierRecipe("digits", 32, 1, 600, 64, 2e-3, crop_padding=2, flip=False)
+# Photos: twice the depth, the standard CIFAR augmentation (pad 4, crop, flip), larger batches.
+PHOTOS = ClassifierRecipe("photos", 32, 2, 800, 128, 4e-3, crop_padding=4, flip=True)
+
+
+def classifier_recipe(dataset_name: str, channels: int) -> ClassifierRecipe:
+    """DIGITS for MNIST and any gray data, PHOTOS for colour images (CIFAR-10, image folders):
+    a mirrored digit is another symbol or none."""
+    return DIGITS if dataset_name == "mnist" or channels == 1 else PHOTOS
+
+
+class ClassifierNet(nn.Layer):
+    """images [N, C, H, W] in [-1, 1] -> (features [N, 128], class logits [N, K]).
+
+    Three stages of `convs` (3x3 conv, BatchNorm, ReLU) blocks, each stage then max-pooled 2x.
+    """
+
+    def __init__(self, channels: int, num_classes: int, width: int, convs: int):
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2D(channels, width, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2D(2),
-            # state size. width x 16 x 16
-            nn.Conv2D(width, 2 * width, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2D(2),
-            # state size. (width*2) x 8 x 8
-            nn.Conv2D(2 * width, 4 * width, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2D(2),
-            # state size. (width*4) x 4 x 4
-            nn.Flatten(),
-        )
+        layers, in_channels = [], channels
+        for stage in range(3):
+            out_channels = width * 2**stage
+            for _ in range(convs):
+                layers += [  # FastConv2D: oneDNN on CPU, where Paddle's own conv is much slower
+                    FastConv2D(in_channels, out_channels, 3, padding=1, bias_attr=False),
+                    nn.BatchNorm2D(out_channels),
+                    nn.ReLU(),
+                ]
+                in_channels = out_channels
+            layers.append(nn.MaxPool2D(2))
+            # state size. (width * 2**stage) x (16 / 2**stage) x (16 / 2**stage)
+        self.body = nn.Sequential(*layers, nn.Flatten())
         self.fc = nn.Linear(4 * width * 4 * 4, CLASSIFIER_FEATURES)
         self.head = nn.Linear(CLASSIFIER_FEATURES, num_classes)
 
@@ -226,7 +251,8 @@ class ClassifierExtractor:
     ) -> ClassifierExtractor:
         """The cached classifier for exactly this data, or a new one trained and cached.
 
-        Trains on `train_dataset[train_indices]` (default all) and reports its accuracy on
+        Trains on `train_dataset[train_indices]` (default all) with the recipe of the data's kind
+        (`classifier_recipe`) for `steps` steps (0: the recipe's) and reports its accuracy on
         `test_dataset[test_indices]`, which it never trains on.
         """
         if train_dataset.num_classes < 2:
@@ -237,6 +263,8 @@ class ClassifierExtractor:
         train_indices = _all_or(train_indices, train_dataset)
         test_indices = _all_or(test_indices, test_dataset)
         image_shape = tuple(int(s) for s in train_dataset.get_batch(train_indices[:1])[0].shape[1:])
+        recipe = classifier_recipe(dataset_name, image_shape[0])
+        steps = steps or recipe.steps
         name = classifier_cache_name(
             dataset_name,
             image_shape,
@@ -253,7 +281,15 @@ class ClassifierExtractor:
             log.info(f"classifier: {path}.safetensors (test accuracy {cached.test_accuracy:.4f})")
             return cached
         return cls._train_and_save(
-            path, train_dataset, train_indices, test_dataset, test_indices, image_shape, steps, seed
+            path,
+            train_dataset,
+            train_indices,
+            test_dataset,
+            test_indices,
+            image_shape,
+            recipe,
+            steps,
+            seed,
         )
 
     @classmethod
@@ -263,7 +299,10 @@ class ClassifierExtractor:
         try:
             info = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
             arrays = load_file(str(path.with_suffix(".safetensors")))
-            net = ClassifierNet(info["image_shape"][0], info["num_classes"], info["width"])
+            recipe = info["recipe"]
+            net = ClassifierNet(
+                info["image_shape"][0], info["num_classes"], recipe["width"], recipe["convs"]
+            )
             ckpt.load_layer_arrays(net, arrays, "classifier")
         except FileNotFoundError:
             return None
@@ -281,18 +320,19 @@ class ClassifierExtractor:
         test_dataset,
         test_indices,
         image_shape,
+        recipe,
         steps,
         seed,
     ) -> ClassifierExtractor:
         num_classes = train_dataset.num_classes
         log.info(
             f"classifier: first use for this data, training on {len(train_indices)} images for "
-            f"{steps} steps (cached as {path}.safetensors)"
+            f"{steps} steps ({recipe.name} recipe; cached as {path}.safetensors)"
         )
         start = time.perf_counter()
         with private_paddle_rng(seed):  # leave the caller's random stream (a training run) alone
-            net = ClassifierNet(image_shape[0], num_classes)
-            train_classifier(net, train_dataset, train_indices, steps, seed)
+            net = ClassifierNet(image_shape[0], num_classes, recipe.width, recipe.convs)
+            train_classifier(net, train_dataset, train_indices, steps, seed, recipe)
         accuracy = classifier_accuracy(net, test_dataset, test_indices)
         scale = feature_scale(net, train_dataset, train_indices)
         seconds = time.perf_counter() - start
@@ -303,10 +343,9 @@ class ClassifierExtractor:
             "image_shape": list(image_shape),
             "num_classes": num_classes,
             "feature_dim": CLASSIFIER_FEATURES,
-            "width": CLASSIFIER_WIDTH,
             "version": CLASSIFIER_VERSION,
+            "recipe": dataclasses.asdict(recipe),
             "steps": steps,
-            "batch_size": CLASSIFIER_BATCH,
             "seed": seed,
             "num_train": len(train_indices),
             "num_test": len(test_indices),
@@ -330,19 +369,23 @@ def classifier_cache_name(dataset_name: str, image_shape, steps: int, keys) -> s
     return f"classifier-{safe}-{shape}-v{CLASSIFIER_VERSION}-{steps}steps-{digest}"
 
 
-def train_classifier(net: ClassifierNet, dataset, indices, steps: int, seed: int) -> None:
-    """Adam with a cosine learning-rate decay on shuffled batches of `dataset[indices]`."""
+def train_classifier(
+    net: ClassifierNet, dataset, indices, steps: int, seed: int, recipe: ClassifierRecipe
+) -> None:
+    """Adam with a one-cycle learning rate (warm-up, then cosine decay) on shuffled batches of
+    `dataset[indices]`, augmented as the recipe says; batches and augmentation drawn from `seed`."""
     rng = np.random.default_rng(seed)
-    schedule = paddle.optimizer.lr.CosineAnnealingDecay(CLASSIFIER_LR, T_max=max(steps, 1))
+    schedule = paddle.optimizer.lr.OneCycleLR(recipe.lr, total_steps=steps, phase_pct=0.15)
     optimizer = paddle.optimizer.Adam(schedule, parameters=net.parameters())
     net.train()
     order, cursor = rng.permutation(indices), 0
     for _ in range(steps):
-        if cursor + CLASSIFIER_BATCH > len(order):
+        if cursor + recipe.batch_size > len(order):
             order, cursor = rng.permutation(indices), 0
-        batch = order[cursor : cursor + CLASSIFIER_BATCH]
-        cursor += CLASSIFIER_BATCH
+        batch = order[cursor : cursor + recipe.batch_size]
+        cursor += recipe.batch_size
         images, labels = dataset.get_batch(batch)
+        images = augment(images, rng, recipe.crop_padding, recipe.flip)
         _, logits = net(paddle.to_tensor(images))
         loss = F.cross_entropy(logits, paddle.to_tensor(labels).reshape([-1, 1]))
         optimizer.clear_grad()
@@ -350,6 +393,26 @@ def train_classifier(net: ClassifierNet, dataset, indices, steps: int, seed: int
         optimizer.step()
         schedule.step()
     net.eval()
+
+
+def augment(
+    images: np.ndarray, rng: np.random.Generator, crop_padding: int, flip: bool
+) -> np.ndarray:
+    """images [N, C, H, W] -> [N, C, H, W], each a random H x W crop of itself padded by
+    `crop_padding` pixels (reflected: no blank borders to learn) and, with `flip`, mirrored
+    left-right with probability 1/2. Draws from `rng` only."""
+    n, _, height, width = images.shape
+    if crop_padding > 0:
+        p = crop_padding
+        padded = np.pad(images, ((0, 0), (0, 0), (p, p), (p, p)), mode="reflect")
+        top, left = rng.integers(0, 2 * p + 1, size=(2, n))
+        images = np.stack(
+            [padded[i, :, y : y + height, x : x + width] for i, (y, x) in enumerate(zip(top, left))]
+        )
+    if flip:
+        mirrored = rng.random(n) < 0.5
+        images = np.where(mirrored[:, None, None, None], images[..., ::-1], images)
+    return np.ascontiguousarray(images, dtype=np.float32)
 
 
 def classifier_accuracy(net: ClassifierNet, dataset, indices, batch_size: int = 500) -> float:

@@ -18,6 +18,7 @@ from paddlegan_lite import evaluation
 from paddlegan_lite.config import DataConfig, EvalConfig
 from paddlegan_lite.datasets import build_dataset
 from paddlegan_lite.errors import UserError
+from paddlegan_lite.extractors import CLASSIFIER_VERSION
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/acgan_mnist.yaml"
@@ -117,7 +118,8 @@ def test_eval_on_a_checkpoint_prints_a_table_and_writes_json(run, checkpoint_rep
 
 def test_classifier_and_real_features_are_cached(run, checkpoint_report):
     names = sorted(p.name for p in run["cache"].iterdir())
-    classifiers = [n for n in names if n.startswith("classifier-mnist-1x28x28-v1-30steps-")]
+    prefix = f"classifier-mnist-1x28x28-v{CLASSIFIER_VERSION}-30steps-"
+    classifiers = [n for n in names if n.startswith(prefix)]
     assert len(classifiers) == 2  # .json and .safetensors
     assert len([n for n in names if n.startswith("real-classifier-")]) == 2  # reference, held-out
 
@@ -191,7 +193,9 @@ def test_without_a_test_split_training_images_are_held_out(run):
 def test_a_generator_of_heldout_images_scores_the_floor_and_noise_does_not(run, monkeypatch):
     monkeypatch.setenv("PADDLEGAN_LITE_CACHE", str(run["cache"]))
     data_cfg = DataConfig(root=str(run["root"] / "mnist"), download=False)
-    options = EvalConfig(num_samples=60, batch_size=25, classifier_steps=CLASSIFIER_STEPS)
+    # 100 reference points: with 60, one class has 2 members and its neighbourhood radius
+    # swallows the noise images' single feature vector (precision 1)
+    options = EvalConfig(num_samples=NUM_SAMPLES, batch_size=25, classifier_steps=CLASSIFIER_STEPS)
     evaluator = evaluation.build_evaluator(data_cfg, 28, 1, 4, 0, options)
     real = evaluator.real
     served = []
@@ -203,9 +207,15 @@ def test_a_generator_of_heldout_images_scores_the_floor_and_noise_does_not(run, 
 
     floor = evaluator.floor()
     generated = evaluator(heldout_images)
-    assert scalars(generated) == pytest.approx(
-        {k: v for k, v in scalars(floor).items() if k != "num_samples"}
+    expected = {k: v for k, v in scalars(floor).items() if k != "num_samples"}
+    # precision and recall count k-NN balls: features computed in other batches (25 here) can
+    # move one borderline sample of 100 across a radius (seen: precision 0.97 against 0.98)
+    knn = ("precision", "recall")
+    assert {k: v for k, v in scalars(generated).items() if k not in knn} == pytest.approx(
+        {k: v for k, v in expected.items() if k not in knn}
     )
+    for key in knn:
+        assert generated[key] == pytest.approx(expected[key], abs=0.011), key
     assert generated["class_hist"] == floor["class_hist"]
     assert "class_acc" not in generated  # unconditional: no requested classes
 

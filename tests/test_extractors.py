@@ -1,24 +1,32 @@
-"""Feature extractors: the classifier trains on tiny real-format data, caches itself and reloads
-identically; the FID InceptionV3 has the reference architecture, loads safetensors weights and
-refuses what it cannot use with one clear message."""
+"""Feature extractors: the classifier trains on tiny real-format data with its data kind's recipe
+(augmentation drawn from the seed), caches itself and reloads identically; the FID InceptionV3
+has the reference architecture, loads safetensors weights and refuses what it cannot use with one
+clear message."""
 
+import dataclasses
 import json
 
 import numpy as np
 import paddle
 import pytest
-from data_files import write_mnist_idx
+from data_files import write_cifar10_tarball, write_mnist_idx
 from safetensors.numpy import load_file, save_file
 
 from paddlegan_lite import extractors
+from paddlegan_lite.checkpoint import layer_arrays
 from paddlegan_lite.config import DataConfig
 from paddlegan_lite.datasets import build_dataset
 from paddlegan_lite.errors import UserError
 from paddlegan_lite.extractors import (
     CACHE_ENV,
+    CLASSIFIER_VERSION,
+    DIGITS,
+    PHOTOS,
     ClassifierExtractor,
     FIDInceptionV3,
     InceptionExtractor,
+    augment,
+    classifier_recipe,
     dataset_fingerprint,
     resolve_cache_dir,
 )
@@ -73,11 +81,12 @@ def test_classifier_trains_and_reports_its_test_accuracy(mnist, trained):
 def test_classifier_is_cached_under_dataset_shape_version_and_data_hash(trained):
     extractor, cache = trained
     name = extractor.cache_id
-    assert name.startswith(f"classifier-mnist-1x28x28-v1-{STEPS}steps-")
+    assert name.startswith(f"classifier-mnist-1x28x28-v{CLASSIFIER_VERSION}-{STEPS}steps-")
     assert sorted(p.name for p in cache.iterdir()) == [f"{name}.json", f"{name}.safetensors"]
     info = json.loads((cache / f"{name}.json").read_text())
     assert info["test_accuracy"] == pytest.approx(extractor.test_accuracy)
     assert info["image_shape"] == [1, 28, 28]
+    assert info["recipe"] == dataclasses.asdict(DIGITS) and info["steps"] == STEPS
 
 
 def test_classifier_reloads_identically_without_training(mnist, trained, monkeypatch):
@@ -119,6 +128,111 @@ def test_classifier_refuses_images_of_another_shape(trained):
     extractor, _ = trained
     with pytest.raises(UserError, match=r"\[1, 32, 32\] but the classifier was trained on"):
         extractor.extract(np.zeros((2, 1, 32, 32), np.float32))
+
+
+def test_classifier_training_is_deterministic_for_a_seed(mnist, tmp_path):
+    train, test = mnist
+    runs = [
+        ClassifierExtractor.load_or_train(train, test, "mnist", cache_dir=tmp_path / d, steps=3)
+        for d in ("a", "b")
+    ]
+    weights = [layer_arrays(run.net) for run in runs]
+    assert weights[0].keys() == weights[1].keys()
+    assert any(name.endswith("_mean") for name in weights[0])  # BatchNorm statistics saved too
+    for name, value in weights[0].items():
+        np.testing.assert_array_equal(weights[1][name], value, err_msg=name)
+    other = ClassifierExtractor.load_or_train(
+        train, test, "mnist", cache_dir=tmp_path / "c", steps=3, seed=1
+    )
+    assert other.cache_id != runs[0].cache_id
+    assert not np.array_equal(layer_arrays(other.net)["fc.weight"], weights[0]["fc.weight"])
+
+
+def test_steps_0_trains_the_recipes_number_of_steps(mnist, tmp_path, monkeypatch):
+    train, test = mnist
+    monkeypatch.setattr(extractors, "DIGITS", dataclasses.replace(DIGITS, steps=3))
+    extractor = ClassifierExtractor.load_or_train(train, test, "mnist", cache_dir=tmp_path, steps=0)
+    assert extractor.info["steps"] == 3 and "-3steps-" in extractor.cache_id
+    assert extractors.CLASSIFIER_STEPS == 0  # eval.classifier_steps' default: the recipe's
+
+
+@pytest.mark.parametrize(
+    ("dataset_name", "channels", "recipe"),
+    [("mnist", 1, DIGITS), ("mnist", 3, DIGITS), ("folder", 1, DIGITS), ("folder", 3, PHOTOS),
+     ("cifar10", 3, PHOTOS)],
+)  # fmt: skip
+def test_the_data_kind_picks_the_recipe(dataset_name, channels, recipe):
+    assert classifier_recipe(dataset_name, channels) is recipe
+
+
+def test_photos_are_mirrored_and_digits_are_not():
+    assert PHOTOS.flip and PHOTOS.crop_padding == 4
+    assert not DIGITS.flip and DIGITS.crop_padding > 0
+
+
+def test_training_augments_photos_as_their_recipe_says(tmp_path, monkeypatch):
+    write_cifar10_tarball(tmp_path, n_per_batch=8, n_test=10)
+    cfg = DataConfig(name="cifar10", root=str(tmp_path), download=False)
+    train, test = build_dataset(cfg, 32, 3, train=True), build_dataset(cfg, 32, 3, train=False)
+    seen = []
+
+    def recording(images, rng, crop_padding, flip):
+        seen.append((images.shape, crop_padding, flip))
+        return augment(images, rng, crop_padding, flip)
+
+    monkeypatch.setattr(extractors, "augment", recording)
+    extractor = ClassifierExtractor.load_or_train(
+        train, test, "cifar10", cache_dir=tmp_path / "cache", steps=2
+    )
+    assert seen == [((40, 3, 32, 32), 4, True)] * 2  # 40 images: one batch smaller than 128
+    assert extractor.info["recipe"] == dataclasses.asdict(PHOTOS)
+    assert extractor.cache_id.startswith(
+        f"classifier-cifar10-3x32x32-v{CLASSIFIER_VERSION}-2steps-"
+    )
+
+
+# ---------------------------------------------------------------------- augmentation
+def ramp_images(n: int = 6, channels: int = 3, side: int = 8) -> np.ndarray:
+    """[n, C, side, side] float32 in [-1, 1], every pixel distinct: where a pixel went shows."""
+    values = np.linspace(-1, 1, n * channels * side * side, dtype=np.float32)
+    return values.reshape(n, channels, side, side)
+
+
+def test_augment_keeps_shape_dtype_and_range_and_repeats_for_a_seed():
+    images = ramp_images()
+    first = augment(images, np.random.default_rng(5), 4, True)
+    assert first.shape == images.shape and first.dtype == np.float32
+    assert first.flags.c_contiguous
+    assert first.min() >= images.min() and first.max() <= images.max()  # reflected, not padded
+    np.testing.assert_array_equal(augment(images, np.random.default_rng(5), 4, True), first)
+    assert not np.array_equal(augment(images, np.random.default_rng(6), 4, True), first)
+    np.testing.assert_array_equal(augment(images, np.random.default_rng(5), 0, False), images)
+
+
+def test_augment_crops_are_shifts_of_the_reflected_image():
+    images, p = ramp_images(n=40), 2
+    out = augment(images, np.random.default_rng(0), p, False)
+    padded = np.pad(images, ((0, 0), (0, 0), (p, p), (p, p)), mode="reflect")
+    shifts = set()
+    for image, source in zip(out, padded):
+        found = [
+            (y, x)
+            for y in range(2 * p + 1)
+            for x in range(2 * p + 1)
+            if np.array_equal(source[:, y : y + 8, x : x + 8], image)
+        ]
+        assert len(found) == 1  # every pixel distinct: exactly one crop matches
+        shifts.add(found[0])
+    assert len(shifts) > 10  # of the 25 possible offsets: drawn per image, not per batch
+
+
+def test_augment_flip_mirrors_about_half_of_the_images_left_right():
+    images = ramp_images(n=200, side=4)
+    out = augment(images, np.random.default_rng(0), 0, True)
+    mirrored = np.array([np.array_equal(o, i[..., ::-1]) for o, i in zip(out, images)])
+    kept = np.array([np.array_equal(o, i) for o, i in zip(out, images)])
+    assert np.all(mirrored ^ kept)  # each image is itself or its mirror, never both
+    assert 70 <= mirrored.sum() <= 130  # Binomial(200, 1/2): outside only with p < 1e-4
 
 
 def test_cache_dir_comes_from_the_argument_then_the_environment(monkeypatch, tmp_path):

@@ -38,7 +38,10 @@ def main() -> int:
     parser.add_argument("--extractor", choices=("classifier", "inception"), default="classifier")
     parser.add_argument("--inception_weights", help="FID InceptionV3 weights (.safetensors)")
     parser.add_argument(
-        "--classifier_steps", type=int, default=None, help="training steps of a new classifier"
+        "--classifier_steps",
+        type=int,
+        default=None,
+        help="training steps of a new classifier (default: its recipe's)",
     )
     parser.add_argument("--cache_dir", help="default: $PADDLEGAN_LITE_CACHE or ~/.cache/...")
     parser.add_argument(
