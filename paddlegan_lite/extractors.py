@@ -280,17 +280,8 @@ class ClassifierExtractor:
         if cached is not None:
             log.info(f"classifier: {path}.safetensors (test accuracy {cached.test_accuracy:.4f})")
             return cached
-        return cls._train_and_save(
-            path,
-            train_dataset,
-            train_indices,
-            test_dataset,
-            test_indices,
-            image_shape,
-            recipe,
-            steps,
-            seed,
-        )
+        train, test = (train_dataset, train_indices), (test_dataset, test_indices)
+        return cls._train_and_save(path, train, test, image_shape, recipe, steps, seed)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ClassifierExtractor | None:
@@ -313,17 +304,10 @@ class ClassifierExtractor:
 
     @classmethod
     def _train_and_save(
-        cls,
-        path,
-        train_dataset,
-        train_indices,
-        test_dataset,
-        test_indices,
-        image_shape,
-        recipe,
-        steps,
-        seed,
+        cls, path, train, test, image_shape, recipe, steps, seed
     ) -> ClassifierExtractor:
+        """Train on train = (dataset, indices), measure on test = (dataset, indices), cache."""
+        (train_dataset, train_indices), (test_dataset, test_indices) = train, test
         num_classes = train_dataset.num_classes
         log.info(
             f"classifier: first use for this data, training on {len(train_indices)} images for "

@@ -502,14 +502,19 @@ def _output_size(transposed: bool, size, kernel, stride, padding) -> list[int]:
     return [(s + 2 * p - k) // st + 1 for s, k, st, p in zip(size, kernel, stride, padding)]
 
 
+def _build_plan(plan_class, key: tuple, what: str):
+    """plan_class(library(), key), or None (and one log line) if oneDNN refuses it."""
+    try:
+        return plan_class(library(), key)
+    except OnednnError as exc:
+        _warn_once(f"oneDNN cannot run {what} of {key} ({exc})")
+        return None
+
+
 @functools.lru_cache(maxsize=MAX_CACHED_PLANS)
 def _plan(key: tuple) -> _ConvPlan | None:
-    """The plan of a geometry; None (cached too, and one log line) if oneDNN refuses it."""
-    try:
-        return _ConvPlan(library(), key)
-    except OnednnError as exc:
-        _warn_once(f"oneDNN cannot run a convolution of {key} ({exc})")
-        return None
+    """The plan of a geometry; None (cached too) if oneDNN refuses it."""
+    return _build_plan(_ConvPlan, key, "a convolution")
 
 
 # ---------------------------------------------------------------------- autograd
@@ -696,12 +701,8 @@ class _EltwisePlan:
 
 @functools.lru_cache(maxsize=MAX_CACHED_PLANS)
 def _eltwise_plan(key: tuple) -> _EltwisePlan | None:
-    """The plan of (size, slope); None (cached too, and one log line) if oneDNN refuses it."""
-    try:
-        return _EltwisePlan(library(), key)
-    except OnednnError as exc:
-        _warn_once(f"oneDNN cannot run a leaky ReLU of {key} ({exc})")
-        return None
+    """The plan of (size, slope); None (cached too) if oneDNN refuses it."""
+    return _build_plan(_EltwisePlan, key, "a leaky ReLU")
 
 
 class _OnednnLeakyReLU(PyLayer):
