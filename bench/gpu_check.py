@@ -778,7 +778,9 @@ def role_rank_probe(argv: list[str]) -> None:
     """Under paddle.distributed.launch: train as tools/train.py does, then save this rank's netG
     and netD (parameters and BatchNorm statistics) to <out>/rank<N>.safetensors."""
     sys.path.insert(0, str(REPO_ROOT))
-    import paddlegan_lite  # noqa: F401  (sets CPU math flags before Paddle loads)
+    from paddlegan_lite.ops.process import configure_process_env
+
+    configure_process_env()  # before Paddle loads
     from paddlegan_lite.cli import add_config_args, run_tool
 
     def main() -> int:
@@ -875,7 +877,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(REPO_ROOT))
-    import paddlegan_lite  # noqa: F401  (sets CPU math flags before Paddle loads)
+    from paddlegan_lite.ops.process import configure_process_env
+
+    configure_process_env()  # before Paddle loads
 
     count, why = gpu_count()
     if args.device == "gpu" and count == 0:

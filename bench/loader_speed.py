@@ -22,7 +22,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-import paddlegan_lite  # noqa: E402,F401  (sets CPU math flags before Paddle loads)
+from paddlegan_lite.ops.process import configure_process_env  # noqa: E402
+
+configure_process_env()  # before Paddle loads: MKL's fast path on AMD, allocator, quiet logs
 
 DEFAULT_CIFAR = REPO_ROOT.parent / "shared" / "data" / "cifar10-mini"
 

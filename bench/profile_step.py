@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 # operator-name fragment -> row of the table; first match wins (order matters)
 PADDLE_KINDS = (
-    # paddlegan_lite/onednn.py's convolutions: events named by record_onednn_steps; Paddle ops
+    # paddlegan_lite/ops/onednn.py's convolutions: events named by record_onednn_steps; Paddle ops
     # they call (buffers, D's first-layer input gradient) keep their own rows
     ("onednn deconvolution forward", "transposed conv forward (oneDNN)"),
     ("onednn deconvolution", "transposed conv backward (oneDNN)"),
@@ -85,7 +85,9 @@ def main() -> int:
     parser.add_argument("--torch_threads", type=int, default=0, help="0: PyTorch's default")
     parser.add_argument("-o", "--override", nargs="+", default=[], help="config overrides")
     args = parser.parse_args()
-    import paddlegan_lite  # noqa: F401  (CPU math set-up before Paddle loads)
+    from paddlegan_lite.ops.process import configure_process_env
+
+    configure_process_env()  # before Paddle loads
     from paddlegan_lite.config import load_config
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,7 +137,7 @@ def profile_paddle(cfg, steps: int, tmp: Path):
 def record_onednn_steps(profiler):
     """Wrap each oneDNN plan step in a profiler event "onednn <op> <step>": oneDNN runs through
     ctypes, outside Paddle's operators, so the trace would otherwise count it as Python."""
-    from paddlegan_lite import onednn
+    from paddlegan_lite.ops import onednn
 
     for step in ("forward", "input_grad", "weight_grad"):
         run = getattr(onednn._ConvPlan, step)

@@ -45,7 +45,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO_ROOT))
 
-import paddlegan_lite  # noqa: E402,F401  (sets CPU math flags before Paddle loads)
+from paddlegan_lite.ops.process import configure_process_env  # noqa: E402
+
+configure_process_env()  # before Paddle loads: MKL's fast path on AMD, allocator, quiet logs
+from paddlegan_lite.config import EXTRACTORS, EvalConfig  # noqa: E402
 from paddlegan_lite.runtime import cpu_model  # noqa: E402
 
 CONFIGS = (
@@ -90,8 +93,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=0, help="training steps (0: the config's)")
     parser.add_argument("--minutes", type=float, default=0, help="wall-clock budget of each run")
     parser.add_argument("--evals", type=int, default=1, help="checkpoints evaluated per run")
-    parser.add_argument("--num_samples", type=int, default=2000)
-    parser.add_argument("--extractor", default="classifier", choices=("classifier", "inception"))
+    parser.add_argument("--num_samples", type=int, default=EvalConfig.num_samples)
+    parser.add_argument("--extractor", default=EvalConfig.extractor, choices=EXTRACTORS)
     parser.add_argument("--inception_weights", default=None)
     parser.add_argument("--cifar_root", default=str(REPO_ROOT.parent / "shared/data/cifar10-mini"))
     parser.add_argument("--output_dir", default="bench_output")
@@ -216,29 +219,28 @@ def train_run(cfg, args, reference=None) -> dict:
 def evaluate_run(run_dir: Path, args):
     """(step, weights, report) for the newest args.evals checkpoints of the run, oldest first;
     checkpoints with an EMA generator are scored with G's own weights and with the EMA's."""
-    from paddlegan_lite import evaluation
+    from paddlegan_lite import eval_report
     from paddlegan_lite.checkpoint import list_step_dirs, load_checkpoint
     from paddlegan_lite.config import config_from_dict
 
     for step, path in sorted(list_step_dirs(run_dir / "checkpoints"))[-args.evals :]:
         has_ema = bool(load_checkpoint(path)[1].get("netG_ema"))
         for weights in ("raw", "ema") if has_ema else ("raw",):
-            model = evaluation.load_checkpoint_model(path, device="auto", weights=weights)
+            model = eval_report.load_checkpoint_model(path, device="auto", weights=weights)
             report = score(model, config_from_dict(model.config).data, args)
             yield step, "EMA" if weights == "ema" else "G", report
 
 
 def score(model, data_cfg, args) -> dict:
-    from paddlegan_lite import evaluation
-    from paddlegan_lite.config import EvalConfig
+    from paddlegan_lite import eval_report
 
     options = EvalConfig(
         extractor=args.extractor,
         num_samples=args.num_samples,
         inception_weights=args.inception_weights or "",
     )
-    report = evaluation.run_eval(model, data_cfg, options)
-    print(evaluation.format_report(report), flush=True)
+    report = eval_report.run_eval(model, data_cfg, options)
+    print(eval_report.format_report(report), flush=True)
     return report
 
 
@@ -262,7 +264,7 @@ class TorchReference:
         """Score each snapshot's samples (eval- and train-mode BatchNorm) as paddlegan_lite's."""
         import numpy as np
 
-        from paddlegan_lite.evaluation import LoadedModel
+        from paddlegan_lite.eval_report import LoadedModel
 
         info = json.loads((self.workdir / "result.json").read_text(encoding="utf-8"))
         rows = []
@@ -314,7 +316,7 @@ def start_torch_reference(cfg, workdir: Path, size: int, args) -> TorchReference
     m = cfg.model
     dataset = build_dataset(cfg.data, size, m.channels, train=True)
     np.savez(workdir / "data.npz", images=dataset.images, labels=dataset.labels)
-    z, _ = latent_inputs(args.num_samples, EXAMPLES_DCGAN["model"]["nz"], seed=0)
+    z, _ = latent_inputs(args.num_samples, EXAMPLES_DCGAN["model"]["nz"], EvalConfig.seed)
     np.save(workdir / "z.npy", z)
     ref_cfg = {**EXAMPLES_DCGAN, "model": {**EXAMPLES_DCGAN["model"]}}
     ref_cfg["model"].update(channels=m.channels, image_size=size)

@@ -124,7 +124,9 @@ def run_role(args) -> int:
     if args.role == "torch":
         result = run_torch(work, args.thread_count)
     else:
-        import paddlegan_lite  # noqa: F401  (CPU math set-up before Paddle loads)
+        from paddlegan_lite.ops.process import configure_process_env
+
+        configure_process_env()  # before Paddle loads
 
         result = (
             prepare(name, work, args) if args.role == "prepare" else run_paddle(name, work, args)

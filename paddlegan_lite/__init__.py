@@ -1,7 +1,7 @@
-"""paddlegan_lite: small, readable GANs on PaddlePaddle, from one YAML file to deployment."""
+"""paddlegan_lite: small, readable GANs on PaddlePaddle, from one YAML file to deployment.
 
-from paddlegan_lite.runtime import configure_process_env
-
-configure_process_env()  # before anything imports paddle: CPU math path and quiet warnings
+Importing the package changes nothing in the process: the tools set it up for CPU speed first
+(paddlegan_lite.ops.process.configure_process_env, before Paddle loads).
+"""
 
 __version__ = "0.1.0"

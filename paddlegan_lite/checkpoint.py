@@ -1,6 +1,7 @@
 """Checkpoints as safetensors + JSON folders, written under a temporary name and renamed into place
 when complete and flushed, so a crash at any instant leaves the previous one intact. Loading reads
-JSON and safetensors only: it never unpickles."""
+JSON and safetensors only: it never unpickles. What a checkpoint holds is train_state.py's
+business: here it is a JSON dict and named dicts of arrays."""
 
 from __future__ import annotations
 
@@ -23,13 +24,12 @@ from paddlegan_lite.logger import log
 FORMAT_VERSION = 1
 STATE_FILE = "state.json"
 LATEST = "latest"
-# A folder `step_00001000/` holds one .safetensors file per name (extra: the fixed sample noise)
-# and state.json (step, epoch, config, RNG seeds, and `save_seq`, which orders saves).
-# netG_ema holds the EMA generator (train.ema_decay > 0) and is empty without one.
-TENSOR_FILES = ("netG", "netD", "optG", "optD", "extra", "netG_ema")
-# Files added after the format shipped: checkpoints saved before them load them as empty.
-OPTIONAL_TENSOR_FILES = ("netG_ema",)
+# A folder `step_00001000/` holds one `<name>.safetensors` file per dict of arrays and state.json:
+# the caller's JSON state plus `step`, `save_seq` (which orders saves) and `tensor_files` (the
+# names, so a folder missing one is incomplete; checkpoints saved before that list existed are
+# read as the .safetensors files they hold).
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+_FILE_NAME = re.compile(r"^\w+$")  # a tensor file's name: no path separators, no dots
 # What a save killed midway leaves: its folder being written (.tmp), a folder being pruned (also
 # .tmp), the copy of a step being saved again (.old) or the new `latest` link; each names its pid.
 _LEFTOVER = re.compile(r"^\.(tmp|old)-(step_\d+)-(\d+)$")
@@ -151,11 +151,14 @@ def _numpy_dtype(tensor, unknown):
 def save_checkpoint(ckpt_dir: str | Path, step: int, state: dict, tensors: dict) -> Path:
     """Write `step_<step>/` atomically, point `latest` at it and return its path.
 
-    `tensors` maps each name in TENSOR_FILES to a dict of numpy arrays; `state` must be JSON.
+    `tensors` maps file names to dicts of numpy arrays; `state` must be JSON.
     Non-finite weights are refused; any OSError (disk full, no permission) becomes a
     CheckpointError, with every earlier checkpoint untouched.
     """
     ckpt_dir = Path(ckpt_dir)
+    bad_names = [name for name in tensors if not _FILE_NAME.match(name)]
+    if bad_names:
+        raise ValueError(f"tensor file names must be plain words, got {bad_names}")
     _check_finite(step, tensors)
     try:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +167,13 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, state: dict, tensors: dict)
     _remove_leftovers(ckpt_dir)
     final = ckpt_dir / f"step_{step:08d}"
     tmp = ckpt_dir / f".tmp-{final.name}-{os.getpid()}"
-    record = dict(state, format=FORMAT_VERSION, step=step, save_seq=_next_save_seq(ckpt_dir))
+    record = dict(
+        state,
+        format=FORMAT_VERSION,
+        step=step,
+        save_seq=_next_save_seq(ckpt_dir),
+        tensor_files=sorted(tensors),
+    )
     try:
         _write_folder(tmp, record, tensors)
         time.sleep(float(os.environ.get(_SAVE_DELAY_ENV) or 0))  # 0 unless a test asks
@@ -231,8 +240,8 @@ def _write_folder(folder: Path, record: dict, tensors: dict) -> None:
     """Every file of a checkpoint, each flushed to disk, then the folder entry itself."""
     state_bytes = json.dumps(record, indent=1).encode("utf-8")  # before touching the disk
     folder.mkdir()
-    for name in TENSOR_FILES:
-        _write_durably(folder / f"{name}.safetensors", safetensors_bytes(tensors.get(name, {})))
+    for name in record["tensor_files"]:
+        _write_durably(folder / f"{name}.safetensors", safetensors_bytes(tensors[name]))
     _write_durably(folder / STATE_FILE, state_bytes)  # last: a folder with it is complete
     _fsync_dir(folder)
 
@@ -333,15 +342,12 @@ def find_latest(ckpt_dir: str | Path) -> Path | None:
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict, dict]:
-    """(state, tensors) from a checkpoint folder. Reads JSON and safetensors only."""
+    """(state, {name: {key: array}}) from a checkpoint folder. Reads JSON and safetensors only."""
     path = _existing_folder(path)
     state = _read_state(path)
     tensors = {}
-    for name in TENSOR_FILES:
+    for name in _tensor_files(path, state):
         file = path / f"{name}.safetensors"
-        if name in OPTIONAL_TENSOR_FILES and not file.exists():
-            tensors[name] = {}
-            continue
         try:
             tensors[name] = load_file(str(file))
         # TypeError: a dtype numpy lacks (bfloat16): not something we wrote.
@@ -395,10 +401,8 @@ def _checkpoint_step(name: str, names: set) -> int | None:
 def _read_complete_state(path: Path) -> dict:
     """state.json of a folder whose tensor files are all whole (headers match file sizes)."""
     state = _read_state(path)
-    for name in TENSOR_FILES:
+    for name in _tensor_files(path, state):
         file = path / f"{name}.safetensors"
-        if name in OPTIONAL_TENSOR_FILES and not file.exists():
-            continue  # renamed into place whole, so missing means saved before it existed
         try:
             with safe_open(str(file), "numpy"):
                 pass
@@ -417,6 +421,19 @@ def _read_state(path: Path) -> dict:
     if not _is_count(state.get("step")):
         raise CheckpointError(f"checkpoint {path}: {STATE_FILE} has no valid step")
     return state
+
+
+def _tensor_files(path: Path, state: dict) -> list[str]:
+    """The names of a checkpoint's tensor files: those state.json lists, else (saved before it
+    listed them) every .safetensors file in the folder."""
+    names = state.get("tensor_files")
+    if names is None:
+        return sorted(file.stem for file in path.glob("*.safetensors"))
+    if not isinstance(names, list) or not all(
+        isinstance(name, str) and _FILE_NAME.match(name) for name in names
+    ):
+        raise CheckpointError(f"checkpoint {path}: {STATE_FILE} has an invalid tensor_files list")
+    return names
 
 
 def _is_count(value) -> bool:

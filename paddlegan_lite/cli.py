@@ -12,7 +12,11 @@ from pathlib import Path
 from paddlegan_lite.errors import UserError
 
 
-def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+def add_config_args(
+    parser: argparse.ArgumentParser,
+    required: bool = True,
+    example: str = "train.epochs=2 data.root=~/data",
+) -> None:
     parser.add_argument("-c", "--config", required=required, help="YAML config file")
     parser.add_argument(
         "-o",
@@ -21,9 +25,23 @@ def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> N
         action="extend",
         default=[],
         metavar="KEY=VALUE",
-        help="override config values, e.g. -o train.epochs=2 data.root=~/data; applied in order "
+        help=f"override config values, e.g. -o {example}; applied in order "
         "(a key given twice takes the later value); key={a: 1, b: 2} merges into that section",
     )
+
+
+def add_moved_flags(parser: argparse.ArgumentParser, moved: dict[str, str]) -> None:
+    """Flags that became config keys (flag name -> key), hidden from --help: each is refused
+    with a UserError giving its new spelling, e.g. `--num_samples 100 is now -o
+    eval.num_samples=100`, rather than argparse's bare "unrecognized arguments"."""
+
+    class Moved(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            flag, key = self.option_strings[0], self.const
+            raise UserError(f"{flag} {values} is now -o {key}={values}")
+
+    for name, key in moved.items():
+        parser.add_argument(f"--{name}", action=Moved, const=key, help=argparse.SUPPRESS)
 
 
 def add_predictor_args(parser: argparse.ArgumentParser) -> None:

@@ -3,7 +3,9 @@
 `load_config(path, overrides)` reads a YAML file (with optional `_base_` inheritance), applies
 `-o key.sub=value` overrides and validates the result once: unknown keys and wrong types raise a
 `ConfigError` that names the key, the file and the valid choices. Code after that receives plain
-dataclasses.
+dataclasses. Every check of an option lives here: `check_run` has those that need the machine
+(device, processes), `check_eval_options` those of eval options about to run, and
+`check_overrides` validates `-o` alone for a tool whose config comes later (a model's own).
 
 A key written twice in one YAML mapping is an error (YAML itself would silently keep the last);
 a key given twice in `-o` is not: overrides apply left to right, so the later one wins, as with
@@ -14,6 +16,7 @@ closed-form estimate of its nets, optimizer state, activations and in-memory dat
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -33,6 +36,8 @@ AMP_MODES = ("off", "fp16", "bf16")  # train.amp
 DIFFAUGMENT_POLICIES = ("color", "translation", "cutout")  # train.diffaugment (augment.py)
 LR_DECAYS = ("", "linear")  # optimizer.lr_decay (trainer.lr_factor)
 SPECTRAL_NORM_MODES = ("", "d", "gd")  # model.spectral_norm: off, D, G and D
+EXTRACTORS = ("classifier", "inception")  # eval.extractor (extractors.py)
+EVAL_MIN_SAMPLES = 10  # eval.num_samples: fewer leaves IS splits and k-NN balls without meaning
 MAX_DEPTH = 20  # YAML nesting refused beyond this (a config needs 4: root, optimizer, g, lr)
 # Widths, sizes and batch sizes above this are refused outright: no machine holds such a tensor,
 # and it keeps the memory estimate's arithmetic within float range.
@@ -145,7 +150,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     path = Path(path)
     raw = _read_yaml_with_base(path, seen=())
     for item in overrides or []:
-        _apply_override(raw, item, path)
+        _apply_override(raw, item)
     cfg = _build(Config, raw, where="", source=str(path))
     if not cfg.name:
         cfg.name = path.stem
@@ -156,14 +161,44 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     return cfg
 
 
-def config_from_dict(raw: dict, source: str = "<dict>") -> Config:
-    """Validate an already-parsed mapping (used for configs saved in checkpoints).
+def config_from_dict(
+    raw: dict, source: str = "<dict>", overrides: list[str] | None = None
+) -> Config:
+    """Validate an already-parsed mapping (used for configs saved in checkpoints), with optional
+    `-o` overrides applied to a copy of it.
 
     Only the weights must fit here: such a config builds nets (export, eval), it does not train.
     """
+    raw = copy.deepcopy(raw)
+    for item in overrides or []:
+        _apply_override(raw, item)
     cfg = _build(Config, raw, where="", source=source)
     _check_values(cfg, source)
     check_memory(cfg, source, training=False)
+    return cfg
+
+
+def check_overrides(
+    overrides: list[str], sections: tuple[str, ...], why: str = "", source: str = "-o"
+) -> Config:
+    """Validate `-o` overrides on their own, over the defaults: each key must be in one of
+    `sections` (else refused, with `why`), known, of its type and in range; returns the defaults
+    with them applied.
+
+    For a tool whose config arrives later (tools/eval.py: the model's saved config), so that a
+    typo is refused before anything loads; what needs the whole config is checked again then.
+    """
+    raw = {}
+    for item in overrides:
+        one = {}
+        _apply_override(one, item)  # refuses what is not section.key=value
+        if next(iter(one)) not in sections:
+            allowed = " and ".join(f"{name}.*" for name in sections)
+            reason = f" ({why})" if why else ""
+            raise ConfigError(f"override '{item}': only {allowed} keys apply here{reason}")
+        _apply_override(raw, item)
+    cfg = _build(Config, raw, where="", source=source)
+    _check_values(cfg, source)
     return cfg
 
 
@@ -282,7 +317,7 @@ def _merge(base: dict, top: dict) -> dict:
     return merged
 
 
-def _apply_override(raw: dict, item: str, path: Path) -> None:
+def _apply_override(raw: dict, item: str) -> None:
     """Set one `section.key=value` in `raw`; a later override of the same key wins."""
     key, sep, text = item.partition("=")
     parts = key.strip().split(".")
@@ -353,7 +388,6 @@ def _check_values(cfg: Config, source: str) -> None:
     _check_choice(m.name, MODEL_NAMES, "model.name", source)
     _check_choice(t.loss, LOSS_NAMES, "train.loss", source)
     _check_choice(cfg.data.name, DATASET_NAMES, "data.name", source)
-    _check_choice(e.extractor, ("classifier", "inception"), "eval.extractor", source)
     _check_choice(m.channels, (1, 3), "model.channels", source)
     _check_choice(t.amp, AMP_MODES, "train.amp", source)
     for policy in diffaugment_policies(t.diffaugment):
@@ -364,8 +398,7 @@ def _check_values(cfg: Config, source: str) -> None:
             "d (discriminator), gd (generator and discriminator)"
         )
     inf = math.inf
-    # (key, value, lowest allowed, highest allowed, whether the lowest itself is allowed)
-    ranges = [
+    ranges = [  # see _check_ranges
         ("seed", cfg.seed, 0, 2**32 - 1, True),  # what paddle.seed and numpy accept
         ("model.nz", m.nz, 0, DIM_MAX, False),
         ("model.image_size", m.image_size, 0, DIM_MAX, False),
@@ -392,10 +425,6 @@ def _check_values(cfg: Config, source: str) -> None:
         ("train.num_samples", t.num_samples, 0, DIM_MAX, False),
         ("train.ema_decay", t.ema_decay, 0, 0.999999, True),
         ("train.threads", t.threads, 0, 4096, True),
-        ("eval.interval", e.interval, 0, inf, True),
-        ("eval.num_samples", e.num_samples, 10, DIM_MAX, True),
-        ("eval.batch_size", e.batch_size, 0, DIM_MAX, False),
-        ("eval.classifier_steps", e.classifier_steps, 0, inf, True),
     ]
     for side, adam in (("g", cfg.optimizer.g), ("d", cfg.optimizer.d)):
         ranges += [
@@ -403,17 +432,8 @@ def _check_values(cfg: Config, source: str) -> None:
             (f"optimizer.{side}.beta1", adam.beta1, 0, 0.999999, True),
             (f"optimizer.{side}.beta2", adam.beta2, 0, 0.999999, True),
         ]
-    for key, value, low, high, low_ok in ranges:
-        above = low <= value if low_ok else low < value
-        finite = not isinstance(value, float) or math.isfinite(value)  # ints may be any size
-        if not (finite and above and value <= high):
-            if high == DIM_MAX and value > high:
-                bound = f"<= {DIM_MAX}, the most a tensor dimension may hold"
-            elif high in (inf, DIM_MAX):
-                bound = f"{'>=' if low_ok else '>'} {low}"
-            else:
-                bound = f"in {'[' if low_ok else '('}{low}, {high}]"
-            raise ConfigError(f"{source}: '{key}' must be {bound}, got {_short(value)}")
+    _check_ranges(ranges, source)
+    _check_eval(e, source, evaluating=e.interval > 0)
     if t.epochs == 0 and t.max_steps == 0 and t.max_minutes == 0:
         raise ConfigError(
             f"{source}: set 'train.epochs', 'train.max_steps' or 'train.max_minutes' above 0"
@@ -447,6 +467,52 @@ def _check_values(cfg: Config, source: str) -> None:
         raise ConfigError(
             f"{source}: 'train.device' must be auto, cpu, gpu or gpu:N, got {device!r}"
         )
+
+
+def _check_ranges(ranges: list, source: str) -> None:
+    """Refuse the first of (key, value, lowest allowed, highest allowed, whether the lowest itself
+    is allowed) whose value is outside its range."""
+    inf = math.inf
+    for key, value, low, high, low_ok in ranges:
+        above = low <= value if low_ok else low < value
+        finite = not isinstance(value, float) or math.isfinite(value)  # ints may be any size
+        if not (finite and above and value <= high):
+            if high == DIM_MAX and value > high:
+                bound = f"<= {DIM_MAX}, the most a tensor dimension may hold"
+            elif high in (inf, DIM_MAX):
+                bound = f"{'>=' if low_ok else '>'} {low}"
+            else:
+                bound = f"in {'[' if low_ok else '('}{low}, {high}]"
+            raise ConfigError(f"{source}: '{key}' must be {bound}, got {_short(value)}")
+
+
+def _check_eval(e: EvalConfig, source: str, evaluating: bool) -> None:
+    """The eval section; `evaluating`: these options will run (what only matters then)."""
+    _check_choice(e.extractor, EXTRACTORS, "eval.extractor", source)
+    inf = math.inf
+    _check_ranges(
+        [
+            ("eval.interval", e.interval, 0, inf, True),
+            ("eval.num_samples", e.num_samples, EVAL_MIN_SAMPLES, DIM_MAX, True),
+            ("eval.batch_size", e.batch_size, 0, DIM_MAX, False),
+            ("eval.classifier_steps", e.classifier_steps, 0, inf, True),
+            ("eval.seed", e.seed, 0, inf, True),
+        ],
+        source,
+    )
+    if evaluating and e.extractor == "inception" and not e.inception_weights.strip():
+        raise ConfigError(
+            f"{source}: the inception extractor needs its weights: set eval.inception_weights=FILE "
+            "(a .safetensors made from pytorch-fid's weights, see paddlegan_lite/extractors.py), "
+            "or eval.extractor=classifier"
+        )
+
+
+def check_eval_options(options: EvalConfig, source: str = "eval options") -> None:
+    """Eval options an evaluation is about to use, including what only matters then (inception's
+    weights). Loading checks them when training evaluates (eval.interval > 0); tools/eval.py and
+    `evaluation.build_evaluator` (which may be handed an EvalConfig built in code) call this."""
+    _check_eval(options, source, evaluating=True)
 
 
 def check_run(cfg: Config, device: str, world_size: int) -> None:

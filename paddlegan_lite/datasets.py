@@ -22,6 +22,7 @@ import shutil
 import tarfile
 import urllib.request
 import warnings
+import weakref
 import zlib
 from pathlib import Path
 
@@ -828,6 +829,52 @@ def raise_caught(batch):
 
 
 # ------------------------------------------------------------------------------------------------
+# Fingerprints: what the evaluation caches are keyed on, and download checks
+# ------------------------------------------------------------------------------------------------
+
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def dataset_fingerprint(dataset, indices=None) -> str:
+    """sha256 hex of the images and labels at `indices` (default: all), as the model sees them.
+
+    In-memory datasets hash their stored pixels (a second for 60,000 digits); others hash every
+    decoded batch. Remembered per dataset object, so repeated evaluations hash once.
+    """
+    indices = np.arange(len(dataset)) if indices is None else np.asarray(indices, np.int64)
+    memo = _FINGERPRINTS.setdefault(dataset, {})
+    key = hashlib.sha256(indices.tobytes()).hexdigest()
+    if key not in memo:
+        memo[key] = _hash_items(dataset, indices)
+    return memo[key]
+
+
+def _hash_items(dataset, indices: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    first, _ = dataset.get_batch(indices[:1])
+    digest.update(repr(first.shape[1:]).encode())  # same pixels at another size: another key
+    images = getattr(dataset, "images", None)
+    for chunk in np.array_split(indices, max(1, math.ceil(len(indices) / 1024))):
+        if isinstance(images, np.ndarray):
+            digest.update(np.ascontiguousarray(images[chunk]).tobytes())
+            digest.update(np.asarray(dataset.labels[chunk], np.int64).tobytes())
+        else:
+            batch, labels = dataset.get_batch(chunk)
+            digest.update(np.ascontiguousarray(batch).tobytes())
+            digest.update(np.asarray(labels, np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def file_digest(path: Path, algorithm: str = "md5") -> str:
+    """Hex digest of a file read in 1 MiB blocks (downloads are checked with md5)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------
 # Helpers
 # ------------------------------------------------------------------------------------------------
 
@@ -846,15 +893,6 @@ def _download(url: str, dest: Path, md5: str | None = None, timeout: float = DOW
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
-
-
-def file_digest(path: Path, algorithm: str = "md5") -> str:
-    """Hex digest of a file read in 1 MiB blocks (downloads are checked with md5)."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _why(exc: BaseException) -> str:

@@ -2,33 +2,27 @@
 against real training images, plus the "floor" that real held-out images reach.
 
 Training holds an `Evaluator` (from `build_evaluator`) and calls it with a `generate_fn`;
-`tools/eval.py` calls `run_eval` on a checkpoint or an exported model folder.
+`eval_report.py` does the same for tools/eval.py, on a checkpoint or an exported model folder.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
-import json
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from paddlegan_lite.config import EvalConfig
+from paddlegan_lite.config import EXTRACTORS, EvalConfig, check_eval_options
+from paddlegan_lite.datasets import BUNDLED_MNIST_SOURCE, build_dataset, dataset_fingerprint
 from paddlegan_lite.errors import UserError
-from paddlegan_lite.extractors import (
-    CLASSIFIER_STEPS,
-    ClassifierExtractor,
-    InceptionExtractor,
-    dataset_fingerprint,
-    resolve_cache_dir,
-)
+from paddlegan_lite.extractors import ClassifierExtractor, InceptionExtractor, resolve_cache_dir
 from paddlegan_lite.logger import log
 from paddlegan_lite.metrics import (
+    IS_SPLITS,
     class_accuracy,
     class_histogram,
     feature_stats,
@@ -38,15 +32,8 @@ from paddlegan_lite.metrics import (
     precision_recall,
 )
 
-EXTRACTORS = ("classifier", "inception")
-DEFAULT_NUM_SAMPLES = 2000  # ~18 s for AC-GAN MNIST on a busy 2-core CPU, mostly generating
 REFERENCE_SIZE = 10000  # real training images behind the reference statistics (FID-10k)
 HOLDOUT_FRACTION = 0.2  # of the training split, when the data has no separate test split
-KID_SUBSETS = 100  # Binkowski et al.: 100 subsets of 1,000
-KID_SUBSET_SIZE = 1000
-IS_SPLITS = 10
-PR_NEIGHBOURS = 3  # Kynkaanniemi et al.: k = 3
-MIN_SAMPLES = 10  # fewer leaves IS splits and k-NN balls without meaning
 _MEMORY_CACHE_SIZE = 4  # real-feature sets kept in memory (each a few MB for the classifier)
 
 
@@ -83,28 +70,21 @@ def split_real_data(train_dataset, test_dataset=None, reference_size: int = REFE
     return RealData(train_dataset, rest[:reference_size], rest, test_dataset, heldout, note)
 
 
-def build_extractor(
-    kind: str,
-    real: RealData,
-    dataset_name: str,
-    inception_weights: str | None = None,
-    cache_dir=None,
-    classifier_steps: int = CLASSIFIER_STEPS,
-):
-    """The feature extractor named `kind` (one of EXTRACTORS)."""
-    if kind == "classifier":
+def build_extractor(options: EvalConfig, real: RealData, dataset_name: str):
+    """The feature extractor that options.extractor names (one of EXTRACTORS)."""
+    if options.extractor == ClassifierExtractor.kind:
         return ClassifierExtractor.load_or_train(
             real.train,
             real.test,
             dataset_name,
             real.classifier_train,
             real.heldout,
-            cache_dir=cache_dir,
-            steps=classifier_steps,
+            cache_dir=options.cache_dir or None,  # "" in a config: the default cache
+            steps=options.classifier_steps,
         )
-    if kind == "inception":
-        return InceptionExtractor.from_file(inception_weights)
-    raise UserError(f"unknown extractor {kind!r} (valid: {', '.join(EXTRACTORS)})")
+    if options.extractor == InceptionExtractor.kind:
+        return InceptionExtractor.from_file(options.inception_weights or None)
+    raise UserError(f"unknown extractor {options.extractor!r} (valid: {', '.join(EXTRACTORS)})")
 
 
 @dataclass
@@ -238,17 +218,15 @@ def generator_fn(netG):
 
 
 # ---------------------------------------------------------------------- metrics
-def compare(reference: FeatureSet, samples: FeatureSet, seed: int = 0) -> dict:
+def compare(reference: FeatureSet, samples: FeatureSet, seed: int) -> dict:
     """Metrics of `samples` against `reference`, as plain floats: fid, kid, kid_std; when the
     extractor gives class probabilities also is, is_std, class_min_share (the rarest predicted
     class's share times the number of classes) and class_hist (a list: each class's share);
-    class_acc when samples carry labels; precision, recall."""
-    kid, kid_std = kernel_inception_distance(
-        samples.features, reference.features, KID_SUBSETS, KID_SUBSET_SIZE, seed
-    )
+    class_acc when samples carry labels; precision, recall. `seed` draws KID's subsets."""
+    kid, kid_std = kernel_inception_distance(samples.features, reference.features, seed=seed)
     n = len(samples.features)
     # k-NN radii depend on the set size: compare equal numbers of real and generated points
-    precision, recall = precision_recall(reference.features[:n], samples.features, PR_NEIGHBOURS)
+    precision, recall = precision_recall(reference.features[:n], samples.features)
     result = {
         "fid": frechet_distance(samples.mu, samples.sigma, reference.mu, reference.sigma),
         "kid": kid,
@@ -266,93 +244,43 @@ def compare(reference: FeatureSet, samples: FeatureSet, seed: int = 0) -> dict:
     return result
 
 
-def evaluate(
-    generate_fn,
-    nz: int,
-    reference: FeatureSet,
-    extractor,
-    num_samples: int = DEFAULT_NUM_SAMPLES,
-    batch_size: int = 250,
-    seed: int = 0,
-    num_classes: int = 0,
-) -> dict:
-    """Metrics of `num_samples` generated images against the real reference (see `compare`)."""
-    samples = generated_features(
-        generate_fn, extractor, nz, num_samples, batch_size, seed, num_classes
-    )
-    return compare(reference, samples, seed)
-
-
-def real_floor(
-    real: RealData,
-    reference: FeatureSet,
-    extractor,
-    num_samples: int,
-    conditional: bool,
-    cache_dir=None,
-    seed: int = 0,
-) -> dict:
-    """The same metrics for real held-out images: what a perfect generator would reach.
-
-    Uses min(num_samples, held-out images); `num_samples` in the result says how many (FID
-    falls as the count grows, so a floor from fewer images is a little pessimistic).
-    """
-    indices = real.heldout[:num_samples]
-    heldout = real_features(real.test, indices, extractor, cache_dir)
-    if not conditional:
-        heldout = FeatureSet(heldout.features, heldout.probs, None, heldout.mu, heldout.sigma)
-    return {**compare(reference, heldout, seed), "num_samples": len(indices)}
-
-
 class Evaluator:
     """A run's evaluation set-up: real reference statistics computed once, called per eval.
 
     `evaluator(generate_fn) -> dict` (see `compare`); `evaluator.floor() -> dict`.
     """
 
-    def __init__(
-        self,
-        real: RealData,
-        extractor,
-        nz: int,
-        num_classes: int = 0,
-        num_samples: int = DEFAULT_NUM_SAMPLES,
-        batch_size: int = 250,
-        seed: int = 0,
-        cache_dir=None,
-    ):
-        if num_samples < MIN_SAMPLES or batch_size < 1:
-            raise UserError(
-                f"evaluation needs num_samples >= {MIN_SAMPLES} and batch_size >= 1, got "
-                f"{num_samples} and {batch_size}"
-            )
+    def __init__(self, real: RealData, extractor, nz: int, num_classes: int, options: EvalConfig):
         self.real, self.extractor, self.nz, self.num_classes = real, extractor, nz, num_classes
-        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
-        self.cache_dir = cache_dir
-        self.reference = real_features(real.train, real.reference, extractor, cache_dir)
+        self.options = options
+        self.cache_dir = options.cache_dir or None  # "" in a config: the default cache
+        self.reference = real_features(real.train, real.reference, extractor, self.cache_dir)
 
     def __call__(self, generate_fn) -> dict:
-        return evaluate(
+        """Metrics of eval.num_samples generated images against the real reference."""
+        o = self.options
+        samples = generated_features(
             generate_fn,
-            self.nz,
-            self.reference,
             self.extractor,
-            self.num_samples,
-            self.batch_size,
-            self.seed,
+            self.nz,
+            o.num_samples,
+            o.batch_size,
+            o.seed,
             self.num_classes,
         )
+        return compare(self.reference, samples, o.seed)
 
     def floor(self) -> dict:
-        return real_floor(
-            self.real,
-            self.reference,
-            self.extractor,
-            self.num_samples,
-            self.num_classes > 0,
-            self.cache_dir,
-            self.seed,
-        )
+        """The same metrics for real held-out images: what a perfect generator would reach.
+
+        Uses min(eval.num_samples, held-out images); `num_samples` in the result says how many
+        (FID falls as the count grows, so a floor from fewer images is a little pessimistic).
+        """
+        indices = self.real.heldout[: self.options.num_samples]
+        heldout = real_features(self.real.test, indices, self.extractor, self.cache_dir)
+        if not self.num_classes:  # no requested classes: no class accuracy
+            heldout = replace(heldout, labels=None)
+        return {**compare(self.reference, heldout, self.options.seed), "num_samples": len(indices)}
 
 
 def build_evaluator(
@@ -366,34 +294,24 @@ def build_evaluator(
 ) -> Evaluator:
     """Everything evaluation needs from a config's data section, the model's sizes and the eval
     options (extractor, num_samples, batch_size, seed, inception_weights, classifier_steps,
-    cache_dir; `interval` is the trainer's business).
+    cache_dir; `interval` is the trainer's business), which config.check_eval_options checks
+    first.
 
     Pass the run's `train_dataset` to reuse it; the test split is loaded here (the held-out
     images must be the same in training and in tools/eval.py, so numbers agree).
     """
-    from paddlegan_lite.datasets import build_dataset
-
-    o = options
-    if o.extractor not in EXTRACTORS:
-        raise UserError(f"unknown extractor {o.extractor!r} (valid: {', '.join(EXTRACTORS)})")
+    check_eval_options(options)
     if train_dataset is None:
         train_dataset = build_dataset(data_cfg, image_size, channels, train=True)
     real = split_real_data(
         train_dataset, _test_split(data_cfg, image_size, channels, train_dataset.source)
     )
-    cache_dir = o.cache_dir or None  # "" in a config: the default cache
-    feature_extractor = build_extractor(
-        o.extractor, real, data_cfg.name, o.inception_weights or None, cache_dir, o.classifier_steps
-    )
-    return Evaluator(
-        real, feature_extractor, nz, num_classes, o.num_samples, o.batch_size, o.seed, cache_dir
-    )
+    extractor = build_extractor(options, real, data_cfg.name)
+    return Evaluator(real, extractor, nz, num_classes, options)
 
 
 def _test_split(data_cfg, image_size: int, channels: int, train_source: str):
     """The dataset's test split, or None where it has none (image folders)."""
-    from paddlegan_lite.datasets import BUNDLED_MNIST_SOURCE, build_dataset
-
     if data_cfg.name == "folder":
         return None
     test = build_dataset(data_cfg, image_size, channels, train=False)
@@ -403,190 +321,3 @@ def _test_split(data_cfg, image_size: int, channels: int, train_source: str):
     if test.source.startswith(bundled) and not train_source.startswith(bundled):
         return None
     return test
-
-
-# ---------------------------------------------------------------------- tools/eval.py
-@dataclass
-class LoadedModel:
-    generate_fn: object
-    nz: int
-    num_classes: int
-    image_shape: tuple  # (C, H, W)
-    config: dict  # the run's saved config
-    info: dict  # for the report: source, path, step
-
-
-def load_checkpoint_model(path, device: str = "auto", weights: str = "auto") -> LoadedModel:
-    """A generator from a checkpoint folder (or a run folder: its newest checkpoint), built from
-    the checkpoint's own config. weights: "auto" (the EMA weights when the checkpoint has them),
-    "ema" or "raw" (G's own)."""
-    from paddlegan_lite.export import load_generator, resolve_checkpoint
-    from paddlegan_lite.runtime import select_device
-
-    path = resolve_checkpoint(path)
-    select_device(device)
-    netG, run_cfg, state, weights = load_generator(path, weights)
-    m = run_cfg.model
-    info = {"source": "checkpoint", "path": str(path), "step": int(state.get("step", 0))}
-    info["weights"] = weights
-    return LoadedModel(
-        generator_fn(netG),
-        m.nz,
-        m.num_classes,
-        (m.channels, m.image_size, m.image_size),
-        state["config"],
-        info,
-    )
-
-
-def load_model_dir(model_dir, device: str = "cpu", batch_size: int = 250) -> LoadedModel:
-    """A generator from an exported inference folder (Paddle Inference, no training code)."""
-    from paddlegan_lite.inference import Generator
-
-    generator = Generator(
-        model_dir, device="cpu" if device == "auto" else device, batch_size=batch_size
-    )
-
-    def generate(z, labels):
-        return generator.run(z, labels) * np.float32(2.0) - np.float32(1.0)  # [0, 1] -> [-1, 1]
-
-    cfg = generator.cfg
-    info = {"source": "model_dir", "path": str(generator.model_dir)}
-    info["step"] = int(cfg.get("source", {}).get("step", 0))
-    return LoadedModel(
-        generate,
-        generator.nz,
-        generator.num_classes,
-        generator.image_shape,
-        cfg.get("config") or {},
-        info,
-    )
-
-
-def other_data_warning(saved_config: dict, data_cfg, channels: int | None = None) -> str | None:
-    """A warning when the model's saved config names other data than `data_cfg` (data.name,
-    data.root; with `channels`, the model.channels of the config `data_cfg` came from), else
-    None: the scores would then compare the model with images it never learned."""
-    saved_data, saved_model = saved_config.get("data") or {}, saved_config.get("model") or {}
-    diffs = []
-    if "name" in saved_data and saved_data["name"] != data_cfg.name:
-        diffs.append(f"data.name {saved_data['name']} vs {data_cfg.name}")
-    if "root" in saved_data and _same_path(saved_data["root"], data_cfg.root) is False:
-        diffs.append(f"data.root {saved_data['root']} vs {data_cfg.root}")
-    if channels is not None and saved_model.get("channels", channels) != channels:
-        diffs.append(f"channels {saved_model['channels']} vs {channels}")
-    if not diffs:
-        return None
-    return (
-        f"eval: the model was trained on other data than the reference images "
-        f"({'; '.join(diffs)}, trained vs reference): its scores measure it against data it "
-        "did not learn"
-    )
-
-
-def _same_path(a, b) -> bool | None:
-    try:
-        return Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
-    except (OSError, RuntimeError, ValueError):
-        return None
-
-
-def run_eval(
-    model: LoadedModel, data_cfg, options: EvalConfig, data_channels: int | None = None
-) -> dict:
-    """Evaluate `model` on the data of `data_cfg` and the real floor: the tool's report dict.
-
-    `data_channels`: model.channels of the config `data_cfg` came from, when not the model's own
-    (compared with the model's in the other-data warning)."""
-    start = time.perf_counter()
-    warning = other_data_warning(model.config, data_cfg, data_channels)
-    if warning:
-        log.warning(warning)
-    channels, size, width = model.image_shape
-    if size != width:
-        raise UserError(f"the model makes {size}x{width} images; only square images are supported")
-    evaluator = build_evaluator(data_cfg, size, channels, model.nz, model.num_classes, options)
-    if model.num_classes and model.num_classes != evaluator.real.train.num_classes:
-        raise UserError(
-            f"the model has {model.num_classes} classes but the data has "
-            f"{evaluator.real.train.num_classes}: evaluate on the data it was trained on"
-        )
-    generated = evaluator(model.generate_fn)
-    floor = evaluator.floor()
-    ex = evaluator.extractor
-    return {
-        "model": {
-            **model.info,
-            "name": model.config.get("model", {}).get("name", "?"),
-            "num_classes": model.num_classes,
-            "image_shape": list(model.image_shape),
-        },
-        "data": {
-            "source": evaluator.real.train.source,
-            "reference_images": len(evaluator.real.reference),
-            "heldout": evaluator.real.note,
-        },
-        "extractor": {
-            "kind": ex.kind,
-            "description": ex.describe(),
-            **({"test_accuracy": ex.test_accuracy} if ex.kind == "classifier" else {}),
-        },
-        "num_samples": options.num_samples,
-        "seed": options.seed,
-        "generated": generated,
-        "floor": floor,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
-
-
-_ROWS = (  # (key, label, format, scale)
-    ("fid", "FID", "{:.3f}", 1.0),
-    ("kid", "KID", "{:.4g}", 1.0),  # its scale follows the features': 1e-3 to 1
-    ("is", "IS", "{:.3f}", 1.0),
-    ("class_acc", "class accuracy", "{:.4f}", 1.0),
-    ("class_min_share", "rarest class", "{:.2f}", 1.0),  # share x classes; 1.0 = uniform
-    ("precision", "precision", "{:.4f}", 1.0),
-    ("recall", "recall", "{:.4f}", 1.0),
-)
-
-
-def format_report(report: dict) -> str:
-    """A small text table: generated vs the real held-out floor, then what was measured."""
-    columns = (report["generated"], report["floor"])
-    lines = [f"{'metric':<16}{'generated':>20}{'floor (real held-out)':>24}"]
-    for key, label, fmt, scale in _ROWS:
-        if key not in columns[0]:
-            continue
-        cells = [_cell(values, key, fmt, scale) for values in columns]
-        lines.append(f"{label:<16}{cells[0]:>20}{cells[1]:>24}")
-    lines.append(f"{'images':<16}{report['num_samples']:>20}{report['floor']['num_samples']:>24}")
-    if "class_hist" in columns[0]:
-        for name, values in zip(("generated", "floor"), columns):
-            shares = " ".join(f"{100 * x:.0f}" for x in values["class_hist"])
-            lines.append(f"classes seen in {name} images (% per class 0..K-1): {shares}")
-    model, data = report["model"], report["data"]
-    lines += [
-        f"model: {model['name']} from {model['source']} {model['path']} (step {model['step']})",
-        f"data: {data['source']}; reference: {data['reference_images']} training images; "
-        f"held-out: {data['heldout']}",
-        f"features: {report['extractor']['description']}",
-    ]
-    return "\n".join(lines)
-
-
-def _cell(values: dict, key: str, fmt: str, scale: float) -> str:
-    if key not in values:
-        return "-"
-    text = fmt.format(values[key] * scale)
-    std = {"kid": "kid_std", "is": "is_std"}.get(key)
-    return f"{text} ± {fmt.format(values[std] * scale)}" if std in values else text
-
-
-def write_report(report: dict, path) -> Path:
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"cannot write the report {path} ({exc.strerror or exc})") from None
-    return path

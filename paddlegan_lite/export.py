@@ -24,11 +24,12 @@ from paddle.static import InputSpec
 from paddlegan_lite import checkpoint as ckpt
 from paddlegan_lite import inference
 from paddlegan_lite.cli import check_output_dir
-from paddlegan_lite.config import Config, config_from_dict, config_to_dict, model_differences
+from paddlegan_lite.config import Config, config_to_dict, model_differences
 from paddlegan_lite.errors import UserError
 from paddlegan_lite.logger import log
-from paddlegan_lite.models import build_models, refresh_spectral_norm
+from paddlegan_lite.models import refresh_spectral_norm
 from paddlegan_lite.runtime import gpu_available
+from paddlegan_lite.train_state import load_generator
 
 MODEL_PREFIX = "inference"  # -> inference.json (inference.pdmodel before PIR) + .pdiparams
 ONNX_FILE = "inference.onnx"
@@ -147,32 +148,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
         f"no checkpoint at {path} (expected a checkpoint folder such as "
         "output/<run>/checkpoints/latest, or a run folder holding one)"
     )
-
-
-WEIGHT_CHOICES = ("auto", "ema", "raw")
-
-
-def load_generator(checkpoint: Path, weights: str = "auto"):
-    """(netG in eval mode, the run's Config, state dict, which weights: netG or netG_ema).
-
-    weights: "auto" takes the EMA generator when the run kept one, "ema" insists on it, "raw"
-    takes G's own weights (to measure what the EMA brings)."""
-    if weights not in WEIGHT_CHOICES:
-        raise ExportError(f"weights must be one of {', '.join(WEIGHT_CHOICES)}, got {weights!r}")
-    state, tensors = ckpt.load_checkpoint(checkpoint)
-    if not isinstance(state.get("config"), dict):
-        raise ckpt.CheckpointError(f"checkpoint {checkpoint}: state.json holds no config")
-    run_cfg = config_from_dict(state["config"], source=f"{checkpoint}/{ckpt.STATE_FILE}")
-    netG, _ = build_models(run_cfg.model)
-    has_ema = bool(tensors.get("netG_ema"))
-    if weights == "ema" and not has_ema:
-        raise ExportError(
-            f"checkpoint {checkpoint} holds no EMA generator (train.ema_decay was 0 in its run)"
-        )
-    key = "netG_ema" if has_ema and weights != "raw" else "netG"
-    ckpt.load_layer_arrays(netG, tensors[key], "generator")
-    netG.eval()  # BatchNorm with running statistics: one image never depends on its batch
-    return netG, run_cfg, state, key
 
 
 def check_same_model(cfg: Config, run_cfg: Config, checkpoint: Path) -> None:

@@ -14,7 +14,7 @@ PyTorch is installed (its weights_only loader does not run code from the file):
 sd = torch.load('pt_inception-2015-12-05-6726825d.pth', map_location='cpu', weights_only=True); \
 save_file({k: v.contiguous() for k, v in sd.items()}, 'pt_inception-2015-12-05.safetensors')"
 
-then pass `--inception_weights pt_inception-2015-12-05.safetensors`. Keys are the torchvision
+then pass `-o eval.inception_weights=pt_inception-2015-12-05.safetensors`. Keys are the torchvision
 names (`Mixed_5b.branch1x1.conv.weight`, `...bn.running_mean`, `fc.weight` [1008, 2048]); a
 file with Paddle names (`...bn._mean`, `fc.weight` [2048, 1008]) loads too.
 
@@ -30,11 +30,9 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import re
 import time
-import weakref
 from pathlib import Path
 
 import numpy as np
@@ -45,16 +43,15 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from paddlegan_lite import checkpoint as ckpt
-from paddlegan_lite.datasets import file_digest
+from paddlegan_lite.datasets import dataset_fingerprint, file_digest
 from paddlegan_lite.errors import UserError
 from paddlegan_lite.logger import log
-from paddlegan_lite.models.layers import FastConv2D
+from paddlegan_lite.ops import accelerate
 
 CACHE_ENV = "PADDLEGAN_LITE_CACHE"
 CLASSIFIER_VERSION = 2  # bump when the architecture or the training recipe changes
 CLASSIFIER_SIDE = 32  # images are resized to 32 x 32 inside the net: cost independent of size
 CLASSIFIER_FEATURES = 128
-CLASSIFIER_STEPS = 0  # 0: the steps of the data's recipe (ClassifierRecipe.steps)
 INCEPTION_SIDE = 299
 INCEPTION_FEATURES = 2048
 INCEPTION_LOGITS = 1008  # the 2015 graph's classifier: 1,000 ImageNet classes and 8 unused
@@ -72,40 +69,6 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "paddlegan_lite"
 
 
-# ---------------------------------------------------------------------- dataset identity
-_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def dataset_fingerprint(dataset, indices=None) -> str:
-    """sha256 hex of the images and labels at `indices` (default: all), as the model sees them.
-
-    In-memory datasets hash their stored pixels (a second for 60,000 digits); others hash every
-    decoded batch. Remembered per dataset object, so repeated evaluations hash once.
-    """
-    indices = np.arange(len(dataset)) if indices is None else np.asarray(indices, np.int64)
-    memo = _FINGERPRINTS.setdefault(dataset, {})
-    key = hashlib.sha256(indices.tobytes()).hexdigest()
-    if key not in memo:
-        memo[key] = _hash_items(dataset, indices)
-    return memo[key]
-
-
-def _hash_items(dataset, indices: np.ndarray) -> str:
-    digest = hashlib.sha256()
-    first, _ = dataset.get_batch(indices[:1])
-    digest.update(repr(first.shape[1:]).encode())  # same pixels at another size: another key
-    images = getattr(dataset, "images", None)
-    for chunk in np.array_split(indices, max(1, math.ceil(len(indices) / 1024))):
-        if isinstance(images, np.ndarray):
-            digest.update(np.ascontiguousarray(images[chunk]).tobytes())
-            digest.update(np.asarray(dataset.labels[chunk], np.int64).tobytes())
-        else:
-            batch, labels = dataset.get_batch(chunk)
-            digest.update(np.ascontiguousarray(batch).tobytes())
-            digest.update(np.asarray(labels, np.int64).tobytes())
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------------- the classifier
 @dataclasses.dataclass(frozen=True)
 class ClassifierRecipe:
@@ -115,7 +78,7 @@ class ClassifierRecipe:
     name: str
     width: int  # channels of the first stage; the second and third have 2x and 4x
     convs: int  # 3x3 conv + BatchNorm + ReLU blocks per stage
-    steps: int  # training steps when the caller asks for 0 (CLASSIFIER_STEPS)
+    steps: int  # training steps when the caller asks for 0 (eval.classifier_steps' default)
     batch_size: int
     lr: float  # peak of Adam's one-cycle schedule
     crop_padding: int  # train on random crops of the image padded by this many pixels (0: off)
@@ -146,8 +109,8 @@ class ClassifierNet(nn.Layer):
         for stage in range(3):
             out_channels = width * 2**stage
             for _ in range(convs):
-                layers += [  # FastConv2D: oneDNN on CPU, where Paddle's own conv is much slower
-                    FastConv2D(in_channels, out_channels, 3, padding=1, bias_attr=False),
+                layers += [
+                    nn.Conv2D(in_channels, out_channels, 3, padding=1, bias_attr=False),
                     nn.BatchNorm2D(out_channels),
                     nn.ReLU(),
                 ]
@@ -246,7 +209,7 @@ class ClassifierExtractor:
         train_indices=None,
         test_indices=None,
         cache_dir=None,
-        steps: int = CLASSIFIER_STEPS,
+        steps: int = 0,
         seed: int = 0,
     ) -> ClassifierExtractor:
         """The cached classifier for exactly this data, or a new one trained and cached.
@@ -258,7 +221,7 @@ class ClassifierExtractor:
         if train_dataset.num_classes < 2:
             raise UserError(
                 f"the classifier extractor needs labelled data, but {train_dataset.source} has "
-                "one class: use --extractor inception (with --inception_weights)"
+                "one class: use eval.extractor=inception (with eval.inception_weights)"
             )
         train_indices = _all_or(train_indices, train_dataset)
         test_indices = _all_or(test_indices, test_dataset)
@@ -294,6 +257,7 @@ class ClassifierExtractor:
             net = ClassifierNet(
                 info["image_shape"][0], info["num_classes"], recipe["width"], recipe["convs"]
             )
+            accelerate(net)  # oneDNN convolutions for the features, as in training
             ckpt.load_layer_arrays(net, arrays, "classifier")
         except FileNotFoundError:
             return None
@@ -316,6 +280,7 @@ class ClassifierExtractor:
         start = time.perf_counter()
         with private_paddle_rng(seed):  # leave the caller's random stream (a training run) alone
             net = ClassifierNet(image_shape[0], num_classes, recipe.width, recipe.convs)
+            accelerate(net)  # oneDNN convolutions: Paddle's own are much slower (bench/RESULTS.md)
             train_classifier(net, train_dataset, train_indices, steps, seed, recipe)
         accuracy = classifier_accuracy(net, test_dataset, test_indices)
         scale = feature_scale(net, train_dataset, train_indices)
@@ -635,9 +600,9 @@ class InceptionExtractor:
         """Load weights from a .safetensors (or .npz) file; see the module docstring."""
         if not weights_path:
             raise UserError(
-                "the inception extractor needs its weights: pass --inception_weights FILE "
+                "the inception extractor needs its weights: set eval.inception_weights=FILE "
                 f"(a .safetensors made from pytorch-fid's {INCEPTION_WEIGHTS_URL} weights, "
-                "see paddlegan_lite/extractors.py), or use --extractor classifier"
+                "see paddlegan_lite/extractors.py), or use eval.extractor=classifier"
             )
         path = Path(weights_path).expanduser()
         arrays = read_weight_file(path)

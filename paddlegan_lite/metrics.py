@@ -7,6 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 
+# The papers' settings: the defaults below, which evaluation.py uses
+KID_SUBSETS = 100  # Binkowski et al. 2018: 100 subsets of 1,000
+KID_SUBSET_SIZE = 1000
+IS_SPLITS = 10  # Salimans et al. 2016
+PR_NEIGHBOURS = 3  # Kynkaanniemi et al. 2019: k = 3
+
 
 def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
     """features [N, D] -> (mean [D], covariance [D, D] with N - 1 in the denominator), float64."""
@@ -70,7 +76,11 @@ def mmd2_unbiased(k_xx, k_yy, k_xy) -> float:
 
 
 def kernel_inception_distance(
-    features1, features2, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0
+    features1,
+    features2,
+    num_subsets: int = KID_SUBSETS,
+    subset_size: int = KID_SUBSET_SIZE,
+    seed: int = 0,
 ) -> tuple[float, float]:
     """KID: unbiased MMD^2 with the cubic polynomial kernel, averaged over random subsets.
 
@@ -95,7 +105,7 @@ def kernel_inception_distance(
     return float(np.mean(values)), float(np.std(values))
 
 
-def inception_score(probs, splits: int = 10) -> tuple[float, float]:
+def inception_score(probs, splits: int = IS_SPLITS) -> tuple[float, float]:
     """IS = exp(E_x KL(p(y|x) || p(y))) per split of probs [N, K]; returns (mean, std over splits).
 
     From 1 (every image gets the same class distribution) to K (confident and uniform over
@@ -116,7 +126,7 @@ def inception_score(probs, splits: int = 10) -> tuple[float, float]:
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def precision_recall(real_features, fake_features, k: int = 3) -> tuple[float, float]:
+def precision_recall(real_features, fake_features, k: int = PR_NEIGHBOURS) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019) of real [N, D] vs fake [M, D].
 
     Each set's manifold is the union of balls around its points reaching their k-th nearest

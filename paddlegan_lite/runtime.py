@@ -1,23 +1,14 @@
-"""Process set-up that must happen before Paddle is imported: CPU math path, allocator, warnings.
+"""Where Paddle runs: the device, CPU threads, deterministic kernels, and what the CPU is.
 
-Measured on a 2-core AMD EPYC (bench/RESULTS.md), the MKL path and the allocator settings below
-make CPU training steps 1.3-1.7x faster. Users get that without knowing it; any value they set wins.
+The process set-up that must happen before Paddle loads (MKL's path, allocator, quiet logs) is
+paddlegan_lite/ops/process.py, called by the tools. This module imports no Paddle at the top.
 """
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import sys
-import warnings
-
-# CPU flags MKL's AVX-512 ("type 7", Skylake-SP) code needs; Zen 4/5 EPYCs have them all
-AVX512_FLAGS = ("avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl")
-# glibc's mallopt() parameters and the variables by which a user takes over malloc tuning
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-KEEP_FREED_BYTES = 1 << 30
-MALLOC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 
 
 def read_cpuinfo() -> str:
@@ -53,71 +44,15 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     return set()
 
 
-def mkl_cpu_type(cpuinfo: str | None = None) -> str | None:
-    """The MKL_DEBUG_CPU_TYPE that unlocks MKL's fast path on this AMD CPU, or None.
-
-    Paddle's MKL gives AMD CPUs its generic SSE code unless told otherwise. "5" is its AVX2 path;
-    "7" its AVX-512 one, only safe where the CPU has every AVX-512 subset MKL uses (otherwise it
-    would stop on an illegal instruction). Measured on a Zen EPYC: 2048^2 SGEMM 106 -> 201 GFLOP/s
-    from 5 to 7, and a DCGAN step's convolutions 1.4x faster.
-    """
-    cpuinfo = read_cpuinfo() if cpuinfo is None else cpuinfo
-    if cpu_vendor(cpuinfo) != "amd":
-        return None
-    flags = cpu_flags(cpuinfo)
-    if all(flag in flags for flag in AVX512_FLAGS):
-        return "7"
-    if {"avx2", "fma"} <= flags:
-        return "5"
-    return None
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed blocks for reuse instead of returning them to the OS.
-
-    Paddle's CPU allocator hands every new activation and gradient to malloc; by default glibc
-    maps blocks over 128 KiB fresh and unmaps them on free, so each step page-faults its whole
-    working set again. Measured: an elementwise add of 3.2 M floats 6.1 -> 0.8 ms, an AC-GAN step
-    12% less CPU time; peak RSS -3% to +14% by config. Skipped where the user tunes malloc through
-    the environment, and off glibc. Returns whether it applied.
-    """
-    if any(name in os.environ for name in MALLOC_VARIABLES) or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and other libcs: no mallopt
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    # both at once: setting either alone turns off glibc's adaptive threshold and faults more
-    return bool(mallopt(M_MMAP_THRESHOLD, KEEP_FREED_BYTES)) and bool(
-        mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES)
-    )
-
-
 def _omp_threads_from_user() -> str | None:
     """OMP_NUM_THREADS as the user set it. `import paddle` sets "1" where it is unset, so this is
-    read when the package loads; after Paddle, a "1" is taken as Paddle's, not the user's."""
+    read when this module loads (the tools' ops.process.configure_process_env imports it before
+    Paddle); after Paddle, a "1" is taken as Paddle's, not the user's."""
     value = os.environ.get("OMP_NUM_THREADS")
     return None if "paddle" in sys.modules and value == "1" else value
 
 
 _user_omp_threads = _omp_threads_from_user()
-
-
-def configure_process_env() -> None:
-    """Set CPU math, allocator and logging options for Paddle; a no-op once Paddle is imported.
-
-    Threads are set later, by `use_cpu_threads`, once Paddle is loaded.
-    """
-    if "paddle" in sys.modules:
-        return  # MKL reads its variables when Paddle loads; too late to help
-    cpu_type = mkl_cpu_type()
-    if cpu_type is not None:
-        os.environ.setdefault("MKL_DEBUG_CPU_TYPE", cpu_type)
-    keep_freed_memory()
-    os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ info lines are not for users
-    quiet_paddle_warnings()
 
 
 def physical_cores(cpuinfo: str | None = None, allowed: set[int] | None = None) -> int:
@@ -215,16 +150,6 @@ def use_deterministic_kernels() -> dict:
     if flags:
         paddle.set_flags(flags)
     return flags
-
-
-def quiet_paddle_warnings() -> None:
-    """Hide Paddle warnings that say nothing about the user's run."""
-    # Printed on every `import paddle` when ccache is missing: about building C++ extensions.
-    warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
-    # Printed by every BatchNorm in training mode: a note about Paddle's own behaviour change.
-    warnings.filterwarnings(
-        "ignore", message="When training, we now always track global mean", category=UserWarning
-    )
 
 
 def gpu_available() -> bool:

@@ -12,7 +12,6 @@ class (AC-GAN's second head) its cross-entropy joins both losses. Under
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import signal
@@ -28,14 +27,7 @@ from paddlegan_lite import checkpoint as ckpt
 from paddlegan_lite import distributed, run_folder
 from paddlegan_lite.augment import diff_augment
 from paddlegan_lite.cli import exit_now
-from paddlegan_lite.config import (
-    Config,
-    check_run,
-    config_from_dict,
-    config_to_dict,
-    dump_config,
-    model_differences,
-)
+from paddlegan_lite.config import Config, check_run, dump_config
 from paddlegan_lite.errors import UserError
 from paddlegan_lite.images import make_grid, save_png, to_uint8
 from paddlegan_lite.logger import RunLogger, log
@@ -46,6 +38,7 @@ from paddlegan_lite.losses import (
     gradient_penalty,
     r1_penalty,
 )
+from paddlegan_lite.train_state import TrainState, sample_grid_nrow
 
 # ops auto_cast(fp16) runs in float16 beyond Paddle's own O1 white list (see GANTrainer.autocast)
 AMP_FP16_EXTRA_WHITE_LIST = {"conv2d_transpose"}
@@ -94,11 +87,11 @@ def frozen(net):
 
 class GANTrainer:
     """Trains a (netG, netD) pair, conditional when cfg.model.num_classes > 0; receives
-    already-built nets and optimizers."""
+    already-built nets and optimizers. What a checkpoint holds (nets, optimizers, EMA, scalers,
+    counters, fixed noise, best FID) lives in `self.state`, its one owner (train_state.py)."""
 
     def __init__(self, cfg: Config, netG, netD, optG, optD, dataset, run_dir: str | Path):
-        self.cfg, self.netG, self.netD, self.optG, self.optD = cfg, netG, netD, optG, optD
-        self.dataset = dataset
+        self.cfg, self.dataset = cfg, dataset
         # the nets' DataParallel wrappers (the nets themselves with one process): the training
         # forward passes go through them so that gradients are averaged over ranks
         self.dp_netG, self.dp_netD = distributed.wrap(netG), distributed.wrap(netD)
@@ -110,29 +103,19 @@ class GANTrainer:
         self.num_classes = cfg.model.num_classes  # 0: unconditional
         # optimizer.lr_decay scales these (lr_multiplier included) every step
         self.base_lrs = (optG.get_lr(), optD.get_lr())
-        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-        self.fixed_z, self.fixed_labels = self.make_fixed_inputs()
-        # EMA of G's weights (train.ema_decay > 0): what samples, eval and export use
-        self.netG_ema = copy.deepcopy(netG) if cfg.train.ema_decay > 0 else None
+        self.state = TrainState.start(cfg, netG, netD, optG, optD)
         # buffers the EMA copies from G each update: the saved ones (spectral norm's u and v),
-        # not constants such as UpsampleConv2D's folding kernel
+        # not unsaved constants
         self._ema_buffers = (
             [
                 (ema_b, b)
                 for (name, ema_b), (_, b) in zip(
-                    self.netG_ema.named_buffers(), netG.named_buffers()
+                    self.state.netG_ema.named_buffers(), netG.named_buffers()
                 )
                 if name in netG.state_dict()
             ]
-            if self.netG_ema is not None
+            if self.state.netG_ema is not None
             else []
-        )
-        self.best_fid = math.inf
-        # train.amp (GPU): float16 needs its losses scaled, one scaler per optimizer
-        self.scalerD, self.scalerG = (
-            (paddle.amp.GradScaler(), paddle.amp.GradScaler())
-            if cfg.train.amp == "fp16"
-            else (None, None)
         )
         self.evaluator = None
         self._stop_signal = None
@@ -140,28 +123,31 @@ class GANTrainer:
         self._out_of_time = False
         self._saved_step = None
 
+    # read-only views of the state for callers (tests, benches); the trainer names self.state
+    netG = property(lambda self: self.state.netG)
+    netD = property(lambda self: self.state.netD)
+    netG_ema = property(lambda self: self.state.netG_ema)
+    optG = property(lambda self: self.state.optG)
+    optD = property(lambda self: self.state.optD)
+    step = property(lambda self: self.state.step)
+
     # ------------------------------------------------------------------ the loop
     def fit(self, resume_from: str | Path | None = None) -> dict:
-        """Train until epochs/max_steps are done or a stop signal arrives; returns last metrics."""
-        t = self.cfg.train
+        """Train until epochs/max_steps are done, train.max_minutes is up or a stop signal
+        arrives, then save; returns the last logged metrics."""
+        t, s = self.cfg.train, self.state
         if resume_from is not None:
             self.load(resume_from)
-        distributed.check_same(self.step, "the step to resume from")
+        distributed.check_same(s.step, "the step to resume from")
+        total_steps = self.total_steps(self.steps_per_epoch())
         sampler = EpochBatchSampler(
             len(self.dataset), t.batch_size, self.cfg.seed, self.rank, self.world_size
         )
-        steps_per_epoch = len(self.dataset) // self.global_batch
-        if steps_per_epoch == 0:
-            per_step = f"train.batch_size={t.batch_size}"
-            if self.world_size > 1:
-                per_step += f" x {self.world_size} processes"
-            raise UserError(f"dataset has {len(self.dataset)} images, fewer than {per_step}")
-        total_steps = self.total_steps(steps_per_epoch)
         if distributed.is_main():
-            logger = RunLogger(self.run_dir, resume_step=self.step if resume_from else None)
+            logger = RunLogger(self.run_dir, resume_step=s.step if resume_from else None)
         else:
             logger = _NoOutput()  # rank 0 writes the run's logs; no VisualDL writer here
-        first_step = self.step + 1
+        first_step = s.step + 1
         meter = _Meter(first_step=first_step)
         if self.cfg.eval.interval and distributed.is_main():
             self.evaluator = self.build_evaluator()
@@ -170,10 +156,10 @@ class GANTrainer:
         if t.max_minutes:
             self._deadline = time.perf_counter() + 60 * t.max_minutes
         try:
-            while self.step < total_steps and not self.stop_requested():
-                sampler.set_epoch(self.epoch, self.batch_in_epoch)
+            while s.step < total_steps and not self.stop_requested():
+                sampler.set_epoch(s.epoch, s.batch_in_epoch)
                 for real, labels in self.make_loader(sampler):
-                    paddle.seed(self.step_seed())  # noise, dropout: a function of (seed, step)
+                    paddle.seed(s.step_seed())  # noise, dropout: a function of (seed, step)
                     self.set_learning_rates(total_steps)
 
                     # (1) Update D: maximise log D(x) + log(1 - D(G(z))) (or the chosen loss)
@@ -181,47 +167,68 @@ class GANTrainer:
 
                     # (2) Update G: maximise log D(G(z)), reusing the fake batch D just saw
                     loss_g = None
-                    if (self.step + 1) % t.d_steps == 0:
+                    if (s.step + 1) % t.d_steps == 0:
                         loss_g = self.g_step(fake, gen_labels)
-                        if self.netG_ema is not None:
+                        if s.netG_ema is not None:
                             self.update_ema()
 
-                    self.step += 1
-                    self.batch_in_epoch += 1
-                    if self.cfg.distributed.sync_bn and self.step == first_step:
-                        distributed.check_batchnorm_synced(self.netG, self.netD)
+                    s.step, s.batch_in_epoch = s.step + 1, s.batch_in_epoch + 1
+                    if self.cfg.distributed.sync_bn and s.step == first_step:
+                        distributed.check_batchnorm_synced(s.netG, s.netD)
                     meter.add(loss_d, loss_g, d_real, d_fake, self.global_batch)
-                    at_log_step = self.step % t.log_interval == 0
+                    at_log_step = s.step % t.log_interval == 0
                     if at_log_step:
                         last = self.log_metrics(logger, meter, total_steps)
-                    if self.step % t.sample_interval == 0:
-                        self.save_samples(logger)
-                    if self.step % t.save_interval == 0:
-                        self.check_finite(meter)
-                        self.save()
-                    if self.evaluator is not None and self.step % self.cfg.eval.interval == 0:
-                        self.check_finite(meter)
-                        self.evaluate(logger)
-                    if self.step >= total_steps or self.stop_requested(check_ranks=at_log_step):
+                    self.save_at_intervals(logger, meter)  # samples, checkpoint, evaluation
+                    if s.step >= total_steps or self.stop_requested(check_ranks=at_log_step):
                         break
                 else:
-                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-            if self._stop_signal is not None:
-                log.info(f"{self._stop_signal} received: saving step {self.step} and stopping")
-            elif meter.count:
-                last = self.log_metrics(logger, meter, total_steps)
-            if self._out_of_time:
-                log.info(f"train.max_minutes={t.max_minutes:g} reached at step {self.step}")
-            self.check_finite(meter)
-            if self.step % t.sample_interval:
-                self.save_samples(logger)
-            if self.step % t.save_interval:
-                self.save()
-            log.info(f"checkpoint: {self.ckpt_dir / 'latest'} (step {self.step})")
+                    s.epoch, s.batch_in_epoch = s.epoch + 1, 0
+            if meter.count and self._stop_signal is None:
+                last = self.log_metrics(logger, meter, total_steps)  # since the last log line
+            self.save_at_end(logger, meter)
         finally:
             self._restore_signal_handlers()
             logger.close()
         return last
+
+    def steps_per_epoch(self) -> int:
+        """Full global batches in the dataset (the last partial one is dropped)."""
+        steps = len(self.dataset) // self.global_batch
+        if steps == 0:
+            per_step = f"train.batch_size={self.cfg.train.batch_size}"
+            if self.world_size > 1:
+                per_step += f" x {self.world_size} processes"
+            raise UserError(f"dataset has {len(self.dataset)} images, fewer than {per_step}")
+        return steps
+
+    def save_at_intervals(self, logger, meter) -> None:
+        """After a step: the sample grid, checkpoint and evaluation whose interval it ends; the
+        last two check the losses first, so no checkpoint or FID follows a nan/inf loss."""
+        t, step = self.cfg.train, self.state.step
+        if step % t.sample_interval == 0:
+            self.save_samples(logger)
+        if step % t.save_interval == 0:
+            self.check_finite(meter)
+            self.save()
+        if self.evaluator is not None and step % self.cfg.eval.interval == 0:
+            self.check_finite(meter)
+            self.evaluate(logger)
+
+    def save_at_end(self, logger, meter) -> None:
+        """Say why the run stopped, then write the last step's sample grid and checkpoint (unless
+        its interval just did); a stop signal lands here too, so Ctrl-C keeps the work done."""
+        t, step = self.cfg.train, self.state.step
+        if self._stop_signal is not None:
+            log.info(f"{self._stop_signal} received: saving step {step} and stopping")
+        if self._out_of_time:
+            log.info(f"train.max_minutes={t.max_minutes:g} reached at step {step}")
+        self.check_finite(meter)
+        if step % t.sample_interval:
+            self.save_samples(logger)
+        if step % t.save_interval:
+            self.save()
+        log.info(f"checkpoint: {self.ckpt_dir / 'latest'} (step {step})")
 
     def total_steps(self, steps_per_epoch: int) -> int | float:
         return total_steps(self.cfg, steps_per_epoch)
@@ -231,8 +238,8 @@ class GANTrainer:
         step (as SNGAN trains; a function of the step, so resuming continues the schedule)."""
         if self.cfg.optimizer.lr_decay != "linear":
             return
-        factor = max(0.0, 1.0 - self.step / total_steps)
-        for optimizer, base in zip((self.optG, self.optD), self.base_lrs):
+        factor = max(0.0, 1.0 - self.state.step / total_steps)
+        for optimizer, base in zip((self.state.optG, self.state.optD), self.base_lrs):
             optimizer.set_lr(base * factor)
 
     def make_loader(self, sampler):
@@ -255,9 +262,6 @@ class GANTrainer:
             collate_fn=collate_or_error,
         )
         return (raise_caught(batch) for batch in loader)
-
-    def step_seed(self) -> int:
-        return (self.cfg.seed * 1_000_003 + self.step) % (2**31 - 1)
 
     def stop_requested(self, check_ranks: bool = True) -> bool:
         """Whether SIGINT/SIGTERM reached this or (several processes) any rank, or the run is past
@@ -285,32 +289,33 @@ class GANTrainer:
         slice: ranks get different noise, and the run matches one process with the global batch.
         """
         n = batch_size * self.world_size
-        z = distributed.own_slice(paddle.randn([n, self.netG.nz]))
+        z = distributed.own_slice(paddle.randn([n, self.state.netG.nz]))
         if not self.num_classes:
             return z, None
         labels = paddle.randint(0, self.num_classes, [n], dtype="int64")
         return z, distributed.own_slice(labels)
 
     def generate(self, z, labels=None, net=None):
-        return (net or self.netG)(z, labels)
+        return (net or self.state.netG)(z, labels)
 
     def sample_net(self):
         """The generator that samples, eval and export see: the EMA one when kept."""
-        return self.netG_ema if self.netG_ema is not None else self.netG
+        return self.state.netG_ema if self.state.netG_ema is not None else self.state.netG
 
     def ema_decay(self) -> float:
         """train.ema_decay, warmed up as min(decay, (1 + step) / (10 + step)): a plain 0.999
         would still give the random initial weights 46% of the average after 780 steps
         (measured: FID 593 against G's 17 on dcgan_mnist); warmed up, the EMA follows G early
         and averages over the last ~1 / (1 - decay) steps later."""
-        return min(self.cfg.train.ema_decay, (1 + self.step) / (10 + self.step))
+        step = self.state.step
+        return min(self.cfg.train.ema_decay, (1 + step) / (10 + step))
 
     def update_ema(self) -> None:
         """ema = decay * ema + (1 - decay) * G for weights; BatchNorm statistics and buffers
         (spectral norm's power-iteration vectors u, v) are copied."""
         decay = self.ema_decay()
         with paddle.no_grad():
-            for ema_p, p in zip(self.netG_ema.parameters(), self.netG.parameters()):
+            for ema_p, p in zip(self.state.netG_ema.parameters(), self.state.netG.parameters()):
                 if p.stop_gradient:  # BatchNorm running mean/variance
                     ema_p.set_value(p)
                 else:
@@ -320,7 +325,7 @@ class GANTrainer:
 
     def d_step(self, real, labels):
         z, gen_labels = self.sample_latent(real.shape[0])
-        distributed.seed_per_rank(self.step_seed())  # each rank its own dropout masks
+        distributed.seed_per_rank(self.state.step_seed())  # each rank its own dropout masks
         # through the DataParallel wrappers: this backward averages D's gradients over ranks, the
         # G step's backward (which reaches G through `fake`) averages G's
         policy = self.cfg.train.diffaugment  # D sees only augmented images, real and fake
@@ -337,7 +342,7 @@ class GANTrainer:
         penalty = self.d_penalty(real_in, fake_in, self.condition(labels))  # gp_weight, r1_gamma
         if penalty is not None:
             loss = loss + penalty
-        self.backward_and_step(loss, self.optD, self.scalerD)
+        self.backward_and_step(loss, self.state.optD, self.state.scalerD)
         d_real = d_output_mean(self.loss_kind, real_logits.detach())
         d_fake = d_output_mean(self.loss_kind, fake_logits.detach())
         return loss.detach(), d_real, d_fake, fake, gen_labels
@@ -345,12 +350,13 @@ class GANTrainer:
     def g_step(self, fake, gen_labels):
         # D's own layer, not its DataParallel wrapper: frozen D gets no weight gradients here,
         # so there is nothing of D's to average (the G step's gradient reaches G through `fake`)
-        with frozen(self.netD):
+        netD = self.state.netD
+        with frozen(netD):
             with self.autocast():
                 # fresh draws; G's gradient flows back through the augmentation
-                fake_out = self.netD(diff_augment(fake, self.cfg.train.diffaugment), gen_labels)
+                fake_out = netD(diff_augment(fake, self.cfg.train.diffaugment), gen_labels)
             loss = self.g_objective(as_float32(fake_out), gen_labels)
-            self.backward_and_step(loss, self.optG, self.scalerG)
+            self.backward_and_step(loss, self.state.optG, self.state.scalerG)
         return loss.detach()
 
     def autocast(self):
@@ -390,7 +396,7 @@ class GANTrainer:
         no penalty applies this step (nothing added to the loss)."""
         t = self.cfg.train
         with_gp = t.gp_weight > 0
-        with_r1 = t.r1_gamma > 0 and self.step % t.r1_interval == 0
+        with_r1 = t.r1_gamma > 0 and self.state.step % t.r1_interval == 0
         if not (with_gp or with_r1):
             return None
 
@@ -428,22 +434,6 @@ class GANTrainer:
         return loss
 
     # ------------------------------------------------------------------ outputs
-    def make_fixed_inputs(self):
-        """The noise (and labels) behind every sample grid, fixed for the whole run; for
-        conditional models one row per class: row k holds `per_row` samples of class k."""
-        paddle.seed(self.cfg.seed)
-        if not self.num_classes:
-            return paddle.randn([self.cfg.train.num_samples, self.netG.nz]), None
-        per_row = self.sample_grid_nrow()
-        z = paddle.randn([self.num_classes * per_row, self.netG.nz])
-        labels = np.repeat(np.arange(self.num_classes), per_row).astype("int64")
-        return z, paddle.to_tensor(labels)
-
-    def sample_grid_nrow(self) -> int | None:
-        if not self.num_classes:
-            return None
-        return max(1, self.cfg.train.num_samples // self.num_classes)
-
     def check_finite(self, meter) -> None:
         """Stop on a nan/inf loss before anything logs or saves it; the last checkpoint stays."""
         bad = meter.first_non_finite()
@@ -458,19 +448,20 @@ class GANTrainer:
 
     def log_metrics(self, logger: RunLogger, meter, total_steps: int | float) -> dict:
         self.check_finite(meter)
-        values = meter.flush(next_step=self.step + 1)
-        remaining = (total_steps - self.step) * values.pop("sec_per_step")
+        step, epoch = self.state.step, self.state.epoch
+        values = meter.flush(next_step=step + 1)
+        remaining = (total_steps - step) * values.pop("sec_per_step")
         if self._deadline is not None:  # train.max_minutes may end the run first
             remaining = min(remaining, max(0.0, self._deadline - time.perf_counter()))
         of_total = f"/{total_steps}" if math.isfinite(total_steps) else ""
         line = (
-            f"epoch {self.epoch} step {self.step}{of_total} loss_d {values['loss_d']:.4f} "
+            f"epoch {epoch} step {step}{of_total} loss_d {values['loss_d']:.4f} "
             f"loss_g {values['loss_g']:.4f} D(x) {values['d_real']:.3f} "
             f"D(G(z)) {values['d_fake']:.3f} {values['images_per_sec']:.1f} img/s "
             f"ETA {_format_seconds(remaining)}"
         )
-        values["epoch"] = self.epoch
-        logger.scalars(self.step, values, line)
+        values["epoch"] = epoch
+        logger.scalars(step, values, line)
         return values
 
     def save_samples(self, logger: RunLogger) -> Path | None:
@@ -479,11 +470,11 @@ class GANTrainer:
         net = self.sample_net()
         net.eval()  # BatchNorm with running statistics, as the exported model runs
         with paddle.no_grad():
-            images = self.generate(self.fixed_z, self.fixed_labels, net=net).numpy()
+            images = self.generate(self.state.fixed_z, self.state.fixed_labels, net=net).numpy()
         net.train()
-        grid = make_grid(to_uint8(images), nrow=self.sample_grid_nrow())
-        path = save_png(self.run_dir / "samples" / f"step_{self.step:08d}.png", grid)
-        logger.image("samples", grid, self.step)
+        grid = make_grid(to_uint8(images), nrow=sample_grid_nrow(self.cfg))
+        path = save_png(self.run_dir / "samples" / f"step_{self.state.step:08d}.png", grid)
+        logger.image("samples", grid, self.state.step)
         return path
 
     # ------------------------------------------------------------------ evaluation
@@ -503,81 +494,32 @@ class GANTrainer:
         start = time.perf_counter()
         report = self.evaluator(generator_fn(self.sample_net()))
         metrics = {k: v for k, v in report.items() if isinstance(v, float)}  # not class_hist
-        line = f"eval step {self.step}: " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        logger.scalars(self.step, metrics, f"{line} ({time.perf_counter() - start:.0f} s)", "eval")
-        if metrics["fid"] < self.best_fid:
-            self.best_fid = metrics["fid"]
+        step = self.state.step
+        line = f"eval step {step}: " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        logger.scalars(step, metrics, f"{line} ({time.perf_counter() - start:.0f} s)", "eval")
+        if metrics["fid"] < self.state.best_fid:
+            self.state.best_fid = metrics["fid"]
             path = self.save()
             ckpt.point_link(self.ckpt_dir / "best", path.name)
         return metrics
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:
-        """Checkpoint this step (once per step: a second call returns the same folder)."""
-        if self._saved_step == self.step or not distributed.is_main():
-            return self.ckpt_dir / f"step_{self.step:08d}"  # rank 0 writes what all ranks hold
-        state = {
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "config": config_to_dict(self.cfg),
-            # every random draw is seeded from (seed, step), so these two restore the RNG stream
-            "rng": {"seed": self.cfg.seed, "step_seed": self.step_seed()},
-            "best_fid": self.best_fid if math.isfinite(self.best_fid) else None,
-        }
-        if self.scalerD is not None:
-            state["amp_scalers"] = {"d": _plain(self.scalerD), "g": _plain(self.scalerG)}
-        extra = {"fixed_z": self.fixed_z.numpy()}
-        if self.fixed_labels is not None:
-            extra["fixed_labels"] = self.fixed_labels.numpy()
-        tensors = {
-            "netG": ckpt.layer_arrays(self.netG),
-            "netD": ckpt.layer_arrays(self.netD),
-            "optG": ckpt.optimizer_arrays(self.optG, self.netG),
-            "optD": ckpt.optimizer_arrays(self.optD, self.netD),
-            "extra": extra,
-        }
-        if self.netG_ema is not None:
-            tensors["netG_ema"] = ckpt.layer_arrays(self.netG_ema)
-        path = ckpt.save_checkpoint(self.ckpt_dir, self.step, state, tensors)
-        self._saved_step = self.step
+        """Checkpoint this step through the state (once per step: a second call returns the same
+        folder), keeping the newest train.keep_checkpoints."""
+        step = self.state.step
+        if self._saved_step == step or not distributed.is_main():
+            return self.ckpt_dir / f"step_{step:08d}"  # rank 0 writes what all ranks hold
+        path = self.state.save(self.ckpt_dir)
+        self._saved_step = step
         ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_checkpoints)
         return path
 
     def load(self, path: str | Path) -> None:
-        state, tensors = ckpt.load_checkpoint(path)
-        missing = [k for k in ("config", "epoch", "batch_in_epoch") if k not in state]
-        if missing or "fixed_z" not in tensors["extra"]:
-            raise ckpt.CheckpointError(
-                f"checkpoint {path} lacks {missing or ['fixed_z']}: not a training checkpoint"
-            )
-        saved = config_from_dict(state["config"], source=f"{path}/state.json")
-        diffs = model_differences(self.cfg, saved)
-        if diffs:
-            raise ckpt.CheckpointError(
-                f"checkpoint {path} was made with another model config than this run: "
-                f"{', '.join(diffs)}"
-            )
-        ckpt.load_layer_arrays(self.netG, tensors["netG"], "generator")
-        ckpt.load_layer_arrays(self.netD, tensors["netD"], "discriminator")
-        if self.netG_ema is not None:
-            # EMA switched on at resume: start at G
-            ema = tensors.get("netG_ema") or tensors["netG"]
-            ckpt.load_layer_arrays(self.netG_ema, ema, "EMA generator")
-        if state.get("best_fid") is not None:
-            self.best_fid = float(state["best_fid"])
-        scalers = state.get("amp_scalers") or {}
-        for key, scaler in (("d", self.scalerD), ("g", self.scalerG)):
-            if scaler is not None and scalers.get(key):  # empty where the scaler was inactive
-                scaler.load_state_dict(scalers[key])
-        ckpt.load_optimizer_arrays(self.optG, self.netG, tensors["optG"])
-        ckpt.load_optimizer_arrays(self.optD, self.netD, tensors["optD"])
-        self.fixed_z = paddle.to_tensor(tensors["extra"]["fixed_z"])
-        if "fixed_labels" in tensors["extra"]:
-            self.fixed_labels = paddle.to_tensor(tensors["extra"]["fixed_labels"])
-        self.step, self.epoch = int(state["step"]), int(state["epoch"])
-        self.batch_in_epoch = int(state["batch_in_epoch"])
-        self._saved_step = self.step
-        log.info(f"resumed from {path} at step {self.step} (epoch {self.epoch})")
+        """Continue from a checkpoint of this model config (train_state.py says what it checks)."""
+        self.state.load(path)
+        self._saved_step = self.state.step
+        log.info(f"resumed from {path} at step {self.state.step} (epoch {self.state.epoch})")
 
     # ------------------------------------------------------------------ signals
     def _install_signal_handlers(self) -> None:
@@ -697,11 +639,6 @@ def total_steps(cfg: Config, steps_per_epoch: int) -> int | float:
     return int(steps) if math.isfinite(steps) else steps
 
 
-def _plain(scaler) -> dict:
-    """A GradScaler's state as JSON values (its loss scale is a one-element array)."""
-    return {k: v.tolist() if hasattr(v, "tolist") else v for k, v in scaler.state_dict().items()}
-
-
 def _format_seconds(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -727,11 +664,15 @@ def lr_multiplier(cfg: Config) -> int:
 
 def build_trainer(cfg: Config, dataset) -> GANTrainer:
     from paddlegan_lite.models import build_models
+    from paddlegan_lite.ops import accelerate
 
     paddle.seed(cfg.seed)  # weight init is part of what `seed` makes repeatable
     netG, netD = build_models(cfg.model)
     if cfg.distributed.sync_bn:  # before the optimizers: SyncBatchNorm may bring its own parameters
         netG, netD = distributed.sync_batchnorm(netG), distributed.sync_batchnorm(netD)
+    # the CPU fast paths (paddlegan_lite/ops): same layer objects and parameters, faster kernels;
+    # before GANTrainer, whose EMA copy of G is then fast too
+    netG, netD = accelerate(netG), accelerate(netD)
     optG, optD = build_optimizers(cfg, netG, netD, lr_multiplier(cfg))
     return GANTrainer(cfg, netG, netD, optG, optD, dataset, cfg.train.output_dir)
 

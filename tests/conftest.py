@@ -1,4 +1,5 @@
-"""Shared test set-up: the package is imported first so Paddle loads quietly with our CPU flags."""
+"""Shared test set-up: the process is set up as the tools do it, so Paddle loads quietly with our
+CPU flags."""
 
 import os
 import sys
@@ -12,7 +13,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ["PADDLEGAN_LITE_CACHE"] = tempfile.mkdtemp(prefix="paddlegan_lite_cache_")
 sys.path.insert(0, str(REPO_ROOT))
 
-import paddlegan_lite  # noqa: E402,F401
+from paddlegan_lite.ops.process import configure_process_env  # noqa: E402
+
+configure_process_env()  # before anything imports Paddle, as the tools do
 
 
 @pytest.fixture

@@ -103,6 +103,19 @@ ROWS = [
         "-o needs -c"),
     row("eval --data config", "eval --checkpoint {ckpt} --data {cfg}/no_base.yaml",
         "_base_ 'nope.yaml' not found"),
+    # ---- eval options: -o eval.*, checked before the model loads
+    row("eval -o unknown key", "eval --checkpoint {ckpt} -o eval.num_sample=100",
+        "-o: unknown key 'eval.num_sample' (valid: interval, num_samples,"),
+    row("eval -o bad value", "eval --checkpoint {ckpt} -o eval.batch_size=many",
+        "-o: 'eval.batch_size' must be int, got 'many' (str)"),
+    row("eval -o bad choice", "eval --checkpoint {ckpt} -o eval.extractor=inceptoin",
+        "'eval.extractor' is 'inceptoin'; valid: classifier, inception"),
+    row("eval -o a model key", "eval --checkpoint {ckpt} -o model.ngf=8",
+        "override 'model.ngf=8': only data.* and eval.* keys apply here"),
+    row("eval moved flag", "eval --checkpoint {ckpt} --num_samples 100",
+        "--num_samples 100 is now -o eval.num_samples=100"),
+    row("eval -c and --data", "eval -c configs/acgan_mnist.yaml --data configs/acgan_mnist.yaml "
+        "--checkpoint {ckpt}", "-c and --data name the same config: give one"),
     # ---- data (mlp_gan at hidden=16: Paddle loads, then the data is read)
     row("data.root a file", f"train {TINY} data.root={{data}}/a_file.txt",
         "data.root {data}/a_file.txt is a file"),

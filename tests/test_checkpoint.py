@@ -31,6 +31,7 @@ from paddlegan_lite.checkpoint import (
 from paddlegan_lite.config import load_config
 from paddlegan_lite.errors import UserError
 from paddlegan_lite.models import build_models
+from paddlegan_lite.train_state import load_generator
 from paddlegan_lite.trainer import build_trainer, train
 
 TINY = ["model.ngf=8", "model.ndf=8", "model.image_size=32"]
@@ -185,11 +186,42 @@ def test_latest_to_a_missing_or_partial_folder_falls_back(tmp_path, caplog, dama
     assert find_latest(tmp_path).name == "step_00000004"
 
 
-def test_checkpoint_saved_before_netG_ema_existed_still_loads(tmp_path):
-    save(tmp_path, 1)
-    (tmp_path / "step_00000001" / "netG_ema.safetensors").unlink()
+def test_tensor_files_are_whatever_the_caller_names(tmp_path):
+    """No GAN knowledge here: any dicts of arrays go to disk and come back, and state.json lists
+    them so that a folder missing one is not a complete checkpoint."""
+    tensors = {"classifier": {"fc.weight": np.eye(3, dtype=np.float32)}, "empty": {}}
+    path = save_checkpoint(tmp_path, 1, {"note": "x"}, tensors)
+    state, loaded = load_checkpoint(path)
+    assert state["tensor_files"] == ["classifier", "empty"] and state["note"] == "x"
+    assert loaded.keys() == tensors.keys() and loaded["empty"] == {}
+    np.testing.assert_array_equal(loaded["classifier"]["fc.weight"], np.eye(3))
+    with pytest.raises(ValueError, match="plain words"):
+        save_checkpoint(tmp_path, 2, {}, {"../outside": {}})
+
+
+def test_checkpoint_saved_before_state_json_listed_its_files_still_loads(tmp_path):
+    """Such a folder (format 1 from before the list) holds its tensor files, each read back."""
+    path = save(tmp_path, 1)
+    state = json.loads((path / "state.json").read_text())
+    del state["tensor_files"]
+    (path / "state.json").write_text(json.dumps(state))
+    (path / "netG_ema.safetensors").write_bytes((path / "optD.safetensors").read_bytes())  # empty
     assert find_latest(tmp_path).name == "step_00000001"
-    assert load_checkpoint(tmp_path / "step_00000001")[1]["netG_ema"] == {}
+    tensors = load_checkpoint(path)[1]
+    assert sorted(tensors) == sorted([*arrays(1.0), "netG_ema"]) and tensors["netG_ema"] == {}
+    assert saved_value(path) == 1.0
+
+
+@pytest.mark.parametrize("listed", ['"netG"', '["../netG"]', '["netG", 3]'])
+def test_a_bad_tensor_files_list_is_refused(tmp_path, listed):
+    path = save(tmp_path, 1)
+    text = (path / "state.json").read_text()
+    start = text.index('"tensor_files"')
+    text = text[:start] + f'"tensor_files": {listed}' + text[text.index("]", start) + 1 :]
+    (path / "state.json").write_text(text)
+    with pytest.raises(CheckpointError, match="invalid tensor_files list"):
+        load_checkpoint(path)
+    assert find_latest(tmp_path) is None
 
 
 def test_same_step_saved_again_is_replaced(tmp_path):
@@ -395,7 +427,7 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
         shape = [2, 100] if net is trainer.netG else [2, 1, 32, 32]
         net(paddle.randn(shape)).mean().backward()
         opt.step()  # so Adam has moments to save
-    trainer.step = 3
+    trainer.state.step = 3
     path = trainer.save()
     forbid_pickle(monkeypatch)
     fresh = tiny_trainer(tmp_path, seed=2)
@@ -543,6 +575,19 @@ def test_convert_a_paddlegan_style_checkpoint(tmp_path):
             np.testing.assert_array_equal(tensors[name][key], value)
     with pytest.raises(UserError, match="already holds checkpoints"):
         tool.write_checkpoint(cfg, state_dicts, step=0)  # never over a run's own checkpoints
+
+
+def test_converted_weights_start_the_ema_generator(tmp_path):
+    """With train.ema_decay > 0 export and eval take the EMA generator: it must be the converted
+    G, not the seeded initial weights."""
+    netG, _ = trusted_nets()
+    options = TINY + [f"train.output_dir={tmp_path / 'run'}", "train.ema_decay=0.9"]
+    cfg = load_config(REPO_ROOT / "configs" / "dcgan_mnist.yaml", options)
+    path = convert_tool().write_checkpoint(cfg, {"netG": ckpt.layer_arrays(netG)}, step=0)
+    loaded, _, _, weights = load_generator(path)
+    assert weights == "netG_ema"
+    for key, value in ckpt.layer_arrays(netG).items():
+        np.testing.assert_array_equal(loaded.state_dict()[key].numpy(), value, err_msg=key)
 
 
 def test_convert_weights_of_another_model_is_a_one_line_error(repo_root, tmp_path):

@@ -10,9 +10,13 @@ import pytest
 from paddlegan_lite import config as config_module
 from paddlegan_lite.config import (
     MODEL_SIZES,
+    Config,
     ConfigError,
+    EvalConfig,
     ModelConfig,
     TrainConfig,
+    check_eval_options,
+    check_overrides,
     config_from_dict,
     config_to_dict,
     estimate_memory,
@@ -107,6 +111,9 @@ def test_int_accepted_for_float(tmp_path):
         ("{}\n", "train.device=tpu", "'train.device' must be auto, cpu, gpu or gpu:N"),
         ("{}\n", "noequals", "must look like section.key=value"),
         ("model: {name: acgan}\n", None, "'model.num_classes' must be >= 2 for acgan"),
+        ("{}\n", "eval.extractor=incept", "'eval.extractor' is 'incept'; valid: classifier, incep"),
+        ("{}\n", "eval.num_samples=9", "'eval.num_samples' must be >= 10, got 9"),
+        ("{}\n", "eval.seed=-1", "'eval.seed' must be >= 0, got -1"),
     ],
 )
 def test_bad_config_errors_name_key_and_file(tmp_path, text, override, expected):
@@ -208,6 +215,59 @@ def test_a_mapping_override_merges_into_the_section(tmp_path):
 def test_malformed_override_keys(tmp_path, override):
     with pytest.raises(ConfigError, match="must look like section.key=value"):
         load_config(write(tmp_path, "c.yaml", "{}\n"), [override])
+
+
+# ---------------------------------------------------------------------- eval options
+EVAL_SECTIONS = ("data", "eval")
+
+
+def test_overrides_alone_are_checked_over_the_defaults():
+    overrides = ["eval.num_samples=5000", "eval.extractor=inception", "data.root=/d"]
+    cfg = check_overrides(overrides, EVAL_SECTIONS)
+    assert (cfg.eval.num_samples, cfg.eval.extractor, cfg.data.root) == (5000, "inception", "/d")
+    assert cfg.eval == EvalConfig(num_samples=5000, extractor="inception")  # the rest: defaults
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("eval.num_sample=5", "-o: unknown key 'eval.num_sample' (valid: interval, num_samples,"),
+        ("eval.num_samples=many", "-o: 'eval.num_samples' must be int, got 'many' (str)"),
+        ("eval.num_samples=9", "-o: 'eval.num_samples' must be >= 10, got 9"),
+        ("eval.batch_size=0", "-o: 'eval.batch_size' must be > 0, got 0"),
+        ("model.ngf=8", "override 'model.ngf=8': only data.* and eval.* keys apply here (why)"),
+        ("seed=1", "override 'seed=1': only data.* and eval.* keys apply here (why)"),
+        ("eval.seed", "override 'eval.seed' must look like section.key=value"),
+    ],
+)
+def test_bad_overrides_alone_name_the_key(override, expected):
+    with pytest.raises(ConfigError) as info:
+        check_overrides([override], EVAL_SECTIONS, why="why")
+    assert expected in str(info.value)
+
+
+def test_inception_needs_its_weights_where_evaluation_runs(tmp_path):
+    path = write(tmp_path, "c.yaml", "eval: {extractor: inception}\n")
+    assert load_config(path).eval.extractor == "inception"  # a run that never evaluates: fine
+    needs = "c.yaml: the inception extractor needs its weights: set eval.inception_weights=FILE"
+    with pytest.raises(ConfigError, match=needs):
+        load_config(path, ["eval.interval=100"])  # training evaluates: refused at load
+    with pytest.raises(ConfigError, match=needs):
+        check_eval_options(load_config(path).eval, str(path))  # tools/eval.py evaluates
+    check_eval_options(EvalConfig(extractor="inception", inception_weights="fid.safetensors"))
+    with pytest.raises(ConfigError, match=r"eval options: 'eval.batch_size' must be > 0, got 0"):
+        check_eval_options(EvalConfig(batch_size=0))  # an EvalConfig built in code
+
+
+def test_a_saved_config_takes_overrides_on_a_copy():
+    saved = config_to_dict(Config())
+    saved["eval"]["num_samples"] = 500
+    cfg = config_from_dict(saved, "saved", ["eval.seed=4", "data={root: /d}"])
+    assert (cfg.eval.num_samples, cfg.eval.seed) == (500, 4)
+    assert (cfg.data.root, cfg.data.name) == ("/d", "mnist")  # merged into the section
+    assert saved["eval"]["seed"] == 0 and saved["data"]["root"] == "data/mnist"
+    with pytest.raises(ConfigError, match=r"saved: unknown key 'eval.sed' \(valid: interval"):
+        config_from_dict(saved, "saved", ["eval.sed=4"])
 
 
 def test_missing_base_names_the_config_that_asked(tmp_path):

@@ -55,7 +55,9 @@ def record(event, args):
 
 import numpy as np  # noqa: E402
 
-import paddlegan_lite  # noqa: E402,F401  (CPU flags before Paddle loads)
+from paddlegan_lite.ops.process import configure_process_env  # noqa: E402
+
+configure_process_env()  # before Paddle loads, as tools/train.py
 from paddlegan_lite import trainer  # noqa: E402
 
 fit = trainer.GANTrainer.fit

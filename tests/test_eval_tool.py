@@ -1,7 +1,8 @@
-"""tools/eval.py run as a user runs it: on a checkpoint from a few-step tools/train.py run, and on
-the same generator exported with tools/export_model.py (both must give the same numbers); and
-the evaluation behind it: which real images play which part, and that a generator producing real
-held-out images scores exactly the floor."""
+"""tools/eval.py run as a user runs it: on a checkpoint from a few-step tools/train.py run (with a
+config file, and with the model's own saved config), and on the same generator exported with
+tools/export_model.py (both must give the same numbers); and the evaluation behind it: which real
+images play which part, and that a generator producing real held-out images scores exactly the
+floor."""
 
 import json
 import shutil
@@ -14,8 +15,8 @@ import pytest
 from conftest import tool_env
 from data_files import write_mnist_idx
 
-from paddlegan_lite import evaluation
-from paddlegan_lite.config import DataConfig, EvalConfig
+from paddlegan_lite import eval_report, evaluation
+from paddlegan_lite.config import ConfigError, DataConfig, EvalConfig
 from paddlegan_lite.datasets import build_dataset
 from paddlegan_lite.errors import UserError
 from paddlegan_lite.extractors import CLASSIFIER_VERSION
@@ -66,15 +67,8 @@ def run(tmp_path_factory):
 
 
 def eval_args(*source):
-    return [
-        *source,
-        "--num_samples",
-        NUM_SAMPLES,
-        "--batch_size",
-        32,
-        "--classifier_steps",
-        CLASSIFIER_STEPS,
-    ]
+    options = [f"eval.num_samples={NUM_SAMPLES}", "eval.batch_size=32"]
+    return [*source, "-o", *options, f"eval.classifier_steps={CLASSIFIER_STEPS}"]
 
 
 @pytest.fixture(scope="module")
@@ -123,14 +117,18 @@ def test_classifier_and_real_features_are_cached(run, checkpoint_report):
     assert len(classifiers) == 2  # .json and .safetensors
     assert len([n for n in names if n.startswith("real-classifier-")]) == 2  # reference, held-out
 
-    # a second evaluation reuses both: no training, no real features computed again
+    # a second evaluation reuses both: no training, no real features computed again. Without -c
+    # the data and eval options come from the model's own saved config: the same images here
     output = run["root"] / "again.json"
-    args = eval_args("-c", CONFIG, "-o", *run["data"], "--checkpoint", run["checkpoint"])
-    proc = run_tool("tools/eval.py", *args, "--seed", 1, "--output", output, cache=run["cache"])
+    args = eval_args("--checkpoint", run["checkpoint"], "-o", "eval.seed=1")
+    proc = run_tool("tools/eval.py", *args, "--output", output, cache=run["cache"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "first use" not in proc.stdout and "features of" not in proc.stdout
+    assert "other data" not in proc.stdout
     again = json.loads(output.read_text())
     _, first = checkpoint_report
+    assert again["seed"] == 1 and again["num_samples"] == NUM_SAMPLES
+    assert again["data"] == first["data"]
     assert again["floor"]["fid"] == pytest.approx(first["floor"]["fid"], rel=1e-12)
     assert again["generated"]["fid"] != pytest.approx(first["generated"]["fid"], rel=1e-6)
 
@@ -170,12 +168,16 @@ def test_eval_on_an_exported_model_matches_the_checkpoint(run, checkpoint_report
     assert report["floor"]["class_hist"] == from_checkpoint["floor"]["class_hist"]
 
 
-def test_inception_without_weights_is_one_line_and_exit_2(run):
-    args = ["-c", CONFIG, "-o", *run["data"], "--checkpoint", run["checkpoint"]]
-    proc = run_tool("tools/eval.py", *args, "--extractor", "inception", cache=run["cache"])
+@pytest.mark.parametrize("config", [CONFIG, None], ids=["config file", "model's own config"])
+def test_inception_without_weights_is_one_line_and_exit_2(run, config):
+    args = ["-c", config] if config else []
+    args += ["-o", *run["data"], "eval.extractor=inception", "--checkpoint", run["checkpoint"]]
+    proc = run_tool("tools/eval.py", *args, cache=run["cache"])
     assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0
-    assert proc.stderr.startswith("error: the inception extractor needs its weights")
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
+    assert "the inception extractor needs its weights: set eval.inception_weights=FILE" in (
+        proc.stderr
+    )
 
 
 # ---------------------------------------------------------------------- the evaluation itself
@@ -229,6 +231,27 @@ def test_a_generator_of_heldout_images_scores_the_floor_and_noise_does_not(run, 
     assert bad["precision"] == pytest.approx(0.0, abs=0.05)
 
 
+# ---------------------------------------------------------------------- options
+def test_options_built_in_code_are_checked_before_any_data_loads(tmp_path):
+    nowhere = DataConfig(root=str(tmp_path / "nowhere"), download=False)
+    with pytest.raises(ConfigError, match=r"'eval.num_samples' must be >= 10, got 5"):
+        evaluation.build_evaluator(nowhere, 28, 1, 4, 0, EvalConfig(num_samples=5))
+    with pytest.raises(ConfigError, match="the inception extractor needs its weights"):
+        evaluation.build_evaluator(nowhere, 28, 1, 4, 0, EvalConfig(extractor="inception"))
+
+
+def test_the_models_own_config_takes_overrides_and_must_exist():
+    saved = {"data": {"root": "/data/mnist"}, "eval": {"num_samples": 500, "seed": 2}}
+    model = eval_report.LoadedModel(None, 4, 0, (1, 28, 28), saved, {"path": "model"})
+    cfg = eval_report.model_config(model, ["eval.seed=3", "data.download=false"])
+    assert (cfg.data.root, cfg.data.download) == ("/data/mnist", False)
+    assert (cfg.eval.num_samples, cfg.eval.seed) == (500, 3)
+    assert saved["eval"]["seed"] == 2  # the model's own copy is left alone
+    without = eval_report.LoadedModel(None, 4, 0, (1, 28, 28), {}, {"path": "model"})
+    with pytest.raises(UserError, match="model holds no config: name the data with --data"):
+        eval_report.model_config(without)
+
+
 # ---------------------------------------------------------------------- other data, failed writes
 def test_eval_against_other_data_warns_once(run, checkpoint_report, tmp_path):
     """The same run's data: no warning. Another data.root (here a copy, so the cached classifier
@@ -255,20 +278,20 @@ def test_eval_against_other_data_warns_once(run, checkpoint_report, tmp_path):
 
 def test_other_data_warning_names_what_differs():
     saved = {"data": {"name": "mnist", "root": "/data/mnist"}, "model": {"channels": 1}}
-    assert evaluation.other_data_warning(saved, DataConfig(root="/data/mnist")) is None
-    assert evaluation.other_data_warning(saved, DataConfig(root="/data/mnist"), channels=1) is None
+    assert eval_report.other_data_warning(saved, DataConfig(root="/data/mnist")) is None
+    assert eval_report.other_data_warning(saved, DataConfig(root="/data/mnist"), channels=1) is None
     cifar = DataConfig(name="cifar10", root="/data/cifar10")
-    warning = evaluation.other_data_warning(saved, cifar, channels=3)
+    warning = eval_report.other_data_warning(saved, cifar, channels=3)
     assert "data.name mnist vs cifar10" in warning
     assert "data.root /data/mnist vs /data/cifar10" in warning
     assert "channels 1 vs 3" in warning
-    assert evaluation.other_data_warning({}, cifar, channels=3) is None  # nothing saved: no claim
+    assert eval_report.other_data_warning({}, cifar, channels=3) is None  # nothing saved: no claim
 
 
 def test_a_failed_report_write_is_one_user_error(tmp_path):
     (tmp_path / "a_file").write_text("")
     with pytest.raises(UserError, match=r"cannot write the report .*a_file/eval.json \("):
-        evaluation.write_report({"fid": 1.0}, tmp_path / "a_file" / "eval.json")
+        eval_report.write_report({"fid": 1.0}, tmp_path / "a_file" / "eval.json")
 
 
 def test_no_held_out_split_when_only_the_training_idx_files_exist(tmp_path):

@@ -14,8 +14,8 @@ from safetensors.numpy import load_file, save_file
 
 from paddlegan_lite import extractors
 from paddlegan_lite.checkpoint import layer_arrays
-from paddlegan_lite.config import DataConfig
-from paddlegan_lite.datasets import build_dataset
+from paddlegan_lite.config import EXTRACTORS, DataConfig, EvalConfig
+from paddlegan_lite.datasets import build_dataset, dataset_fingerprint
 from paddlegan_lite.errors import UserError
 from paddlegan_lite.extractors import (
     CACHE_ENV,
@@ -27,7 +27,6 @@ from paddlegan_lite.extractors import (
     InceptionExtractor,
     augment,
     classifier_recipe,
-    dataset_fingerprint,
     resolve_cache_dir,
 )
 from paddlegan_lite.metrics import inception_score
@@ -153,7 +152,11 @@ def test_steps_0_trains_the_recipes_number_of_steps(mnist, tmp_path, monkeypatch
     monkeypatch.setattr(extractors, "DIGITS", dataclasses.replace(DIGITS, steps=3))
     extractor = ClassifierExtractor.load_or_train(train, test, "mnist", cache_dir=tmp_path, steps=0)
     assert extractor.info["steps"] == 3 and "-3steps-" in extractor.cache_id
-    assert extractors.CLASSIFIER_STEPS == 0  # eval.classifier_steps' default: the recipe's
+    assert EvalConfig().classifier_steps == 0  # eval.classifier_steps' default: the recipe's
+
+
+def test_the_extractor_kinds_are_the_choices_of_eval_extractor():
+    assert (ClassifierExtractor.kind, InceptionExtractor.kind) == EXTRACTORS
 
 
 @pytest.mark.parametrize(
@@ -333,7 +336,7 @@ def test_inception_score_leaves_out_the_fc_bias(inception_file, tmp_path):
 
 
 def test_inception_without_weights_is_a_clear_error(tmp_path, inception_file):
-    with pytest.raises(UserError, match="--inception_weights"):
+    with pytest.raises(UserError, match="set eval.inception_weights=FILE"):
         InceptionExtractor.from_file(None)
     with pytest.raises(UserError, match="not found: download pytorch-fid's"):
         InceptionExtractor.from_file(tmp_path / "missing.safetensors")

@@ -68,9 +68,10 @@ def test_thread_choice_order(monkeypatch):
 
 READ_BACK = r"""
 import ctypes, json, os, sys
-import paddlegan_lite
+from paddlegan_lite.ops.process import configure_process_env
+configure_process_env()  # as the tools: before Paddle loads
 import paddle
-from paddlegan_lite import onednn
+from paddlegan_lite.ops import onednn
 from paddlegan_lite.runtime import physical_cores, use_cpu_threads
 
 chosen = use_cpu_threads(int(sys.argv[1]))

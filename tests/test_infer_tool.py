@@ -198,7 +198,6 @@ def test_inference_imports_no_training_code(models):
     assert result["light"]  # importing the package does not load Paddle
     allowed = {
         "paddlegan_lite",
-        "paddlegan_lite.runtime",
         "paddlegan_lite.errors",
         "paddlegan_lite.images",
         "paddlegan_lite.inference",

@@ -71,8 +71,8 @@ def test_ctrl_c_in_other_tools_is_one_line(repo_root, mnist_root, tmp_path):
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-2000:]
     proc = subprocess.Popen(
-        [sys.executable, "tools/eval.py", "--checkpoint", str(out), "--num_samples", "100",
-         "--classifier_steps", "100000", "--cache_dir", str(tmp_path / "cache")],
+        [sys.executable, "tools/eval.py", "--checkpoint", str(out), "-o", "eval.num_samples=100",
+         "eval.classifier_steps=100000", f"eval.cache_dir={tmp_path / 'cache'}"],
         cwd=repo_root, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     seen, deadline = "", time.time() + 120

@@ -10,7 +10,6 @@ import paddle.nn.functional as F
 import pytest
 from paddle import nn
 
-from paddlegan_lite import onednn
 from paddlegan_lite.config import MODEL_SIZES, ConfigError, ModelConfig, load_config
 from paddlegan_lite.losses import gradient_penalty, r1_penalty
 from paddlegan_lite.models import build_models, refresh_spectral_norm
@@ -22,6 +21,7 @@ from paddlegan_lite.models.sngan import (
     SNGANDiscriminator,
     SNGANGenerator,
 )
+from paddlegan_lite.ops import accelerate
 
 BATCH = 4
 
@@ -133,8 +133,8 @@ def conv(layer, x):
 def test_blocks_match_their_definition():
     """G's block: BN, ReLU, upsample, conv3x3, BN, ReLU, conv3x3 + conv1x1(upsample(x)); D's first
     block: conv, ReLU, conv, pool + conv1x1(pool(x)); D's block: ReLU, conv, ReLU, conv, pool +
-    pool(conv1x1(x)), or + x without downsampling. The fast paths (UpsampleConv2D, conv1x1 before
-    the upsampling) compute the same function."""
+    pool(conv1x1(x)), or + x without downsampling. UpsampleConv2D and the conv1x1 before the
+    upsampling compute the same function (tests/test_ops.py: accelerated, too)."""
     paddle.seed(1)
     x = paddle.randn([BATCH, 6, 5, 5])
     up = lambda t: F.interpolate(t, scale_factor=2, mode="nearest")  # noqa: E731
@@ -322,22 +322,21 @@ def test_penalty_weight_gradients_match_finite_differences(float64, which):
 
 
 @pytest.mark.parametrize("which", ["gp", "r1"])
-def test_penalties_on_onednn_match_stock_layers(monkeypatch, which):
-    """float32: the fast convs' double backward equals Paddle's stock convs'."""
+def test_penalties_on_onednn_match_stock_layers(which):
+    """float32: the accelerated D's (oneDNN convs) double backward equals the plain D's."""
     rng = np.random.default_rng(1)
     real = paddle.to_tensor(rng.standard_normal([BATCH, 3, 32, 32]).astype("float32"))
     fake = paddle.to_tensor(rng.standard_normal([BATCH, 3, 32, 32]).astype("float32"))
 
-    def run():
+    def run(prepare):
         paddle.seed(8)
-        netD = SNGANDiscriminator(ndf=16, image_size=32, num_classes=3)
+        netD = prepare(SNGANDiscriminator(ndf=16, image_size=32, num_classes=3))
         value = penalty(which, netD, real, fake, labels_for(3))
         value.backward()
         return float(value), [p.grad.numpy() for p in netD.parameters() if p.grad is not None]
 
-    value, grads = run()
-    monkeypatch.setenv(onednn.ENV_SWITCH, "0")
-    stock_value, stock_grads = run()
+    value, grads = run(accelerate)
+    stock_value, stock_grads = run(lambda net: net)
     assert value == pytest.approx(stock_value, rel=1e-4)
     assert len(grads) == len(stock_grads) >= 9
     for grad, stock in zip(grads, stock_grads):

@@ -14,12 +14,13 @@ from data_files import write_mnist_idx
 from paddle import nn
 
 from paddlegan_lite import checkpoint as ckpt
-from paddlegan_lite import export, onednn
+from paddlegan_lite import export
 from paddlegan_lite.config import ConfigError, load_config
 from paddlegan_lite.datasets import build_dataset
 from paddlegan_lite.inference import Generator, seed_latents
 from paddlegan_lite.models import apply_spectral_norm, build_models
-from paddlegan_lite.models.layers import FastConv2D, FastConv2DTranspose, UpsampleConv2D
+from paddlegan_lite.models.layers import UpsampleConv2D
+from paddlegan_lite.ops import accelerate, onednn
 from paddlegan_lite.trainer import build_trainer, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -132,23 +133,29 @@ def test_normalised_weights_have_unit_spectral_norm(name):
             assert sigma == pytest.approx(1.0, abs=1e-2), type(layer).__name__
 
 
-FAST_LAYERS = {  # (layer, input shape): each fast path of models/layers.py
-    "conv_onednn": (lambda: FastConv2D(4, 16, 4, 2, 1), [2, 4, 8, 8]),
-    "conv_matmul": (lambda: FastConv2D(4, 1, 4, 1, 0), [2, 4, 4, 4]),  # kernel covers the input
+FAST_LAYERS = {  # (plain layer, input shape): each fast path of ops/layers.py, once accelerated
+    "conv_onednn": (lambda: nn.Conv2D(4, 16, 4, 2, 1), [2, 4, 8, 8]),
+    "conv_matmul": (lambda: nn.Conv2D(4, 1, 4, 1, 0), [2, 4, 4, 4]),  # kernel covers the input
     # 16 output channels: fewer go to the stock op (onednn.FEW_CHANNELS)
-    "transposed": (lambda: FastConv2DTranspose(4, 16, 4, 2, 1), [2, 4, 5, 5]),
+    "transposed": (lambda: nn.Conv2DTranspose(4, 16, 4, 2, 1), [2, 4, 5, 5]),
     "upsample": (lambda: UpsampleConv2D(4, 16, 3, padding=1), [2, 4, 5, 5]),
 }
 
 
+@pytest.mark.parametrize("accelerate_first", [False, True], ids=["norm_first", "accelerate_first"])
 @pytest.mark.parametrize("case", list(FAST_LAYERS))
-def test_fast_layers_compute_with_the_normalised_weight(case, monkeypatch):
+def test_fast_layers_compute_with_the_normalised_weight(case, accelerate_first, monkeypatch):
     """The hook replaces `weight` before forward; the fast paths read `self.weight`, so they give
     what the stock op gives with weight_orig / sigma, and the gradient reaches weight_orig (run
-    on oneDNN where it applies: its plan steps are counted)."""
+    on oneDNN where it applies: its plan steps are counted). Either order of spectral norm and
+    accelerate (build_trainer: spectral norm in build_models, then accelerate)."""
     make, shape = FAST_LAYERS[case]
     paddle.seed(1)
-    layer = apply_spectral_norm(make())
+    if accelerate_first:
+        layer = apply_spectral_norm(accelerate(make()))
+    else:
+        layer = accelerate(apply_spectral_norm(make()))
+    assert type(layer).__name__.startswith("Fast")
     layer.bias.set_value(paddle.randn(layer.bias.shape))
     runs = []
     real_forward = onednn._ConvPlan.forward

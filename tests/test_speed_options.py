@@ -1,7 +1,8 @@
-"""Speed options: the faster layer formulations and the oneDNN convolutions compute what the stock
-Paddle layers compute (outputs, gradients, paddle.grad for some inputs and gradients of gradients
-as R1 and gradient penalties take them), fall back to them outside their cases, refuse tensors on
-mixed devices, the models keep their checkpoint keys, and the CPU set-up is safe."""
+"""Speed options (paddlegan_lite/ops): the faster layer formulations and the oneDNN convolutions
+compute what the stock Paddle layers compute (outputs, gradients, paddle.grad for some inputs and
+gradients of gradients as R1 and gradient penalties take them), fall back to them outside their
+cases, refuse tensors on mixed devices, the models keep their checkpoint keys accelerated or not,
+and the CPU process set-up is safe."""
 
 import os
 import subprocess
@@ -16,20 +17,16 @@ from conftest import REPO_ROOT, tool_env
 from paddle import nn
 from paddle.static import InputSpec
 
-from paddlegan_lite import onednn, runtime
+from paddlegan_lite import runtime
 from paddlegan_lite.config import load_config
 from paddlegan_lite.errors import UserError
 from paddlegan_lite.models import build_models
 from paddlegan_lite.models.acgan import ACGANDiscriminator, ACGANGenerator
 from paddlegan_lite.models.dcgan import DCGANDiscriminator, DCGANGenerator
-from paddlegan_lite.models.layers import (
-    Dropout,
-    FastConv2D,
-    FastConv2DTranspose,
-    FastLeakyReLU,
-    UpsampleConv2D,
-)
+from paddlegan_lite.models.layers import Dropout, UpsampleConv2D
 from paddlegan_lite.models.mlp_gan import MLPDiscriminator
+from paddlegan_lite.ops import accelerate, onednn, process
+from paddlegan_lite.ops.layers import FastConv2D, FastLeakyReLU
 
 
 def assert_close(actual, expected, rtol=1e-4):
@@ -96,11 +93,12 @@ def test_fast_conv2d_falls_back_outside_its_cases():
         np.testing.assert_array_equal(fast(x).numpy(), stock(x).numpy())
 
 
+@pytest.mark.parametrize("prepare", [accelerate, lambda layer: layer], ids=["fast", "plain"])
 @pytest.mark.parametrize("ci, co, side", [(8, 8, 7), (8, 4, 14), (3, 5, 1), (2, 3, 6)])
-def test_upsample_conv_matches_upsample_then_conv(ci, co, side):
+def test_upsample_conv_matches_upsample_then_conv(ci, co, side, prepare):
     paddle.seed(5)
     stock_conv = nn.Conv2D(ci, co, 3, padding=1)
-    fused = UpsampleConv2D(ci, co, 3, padding=1)
+    fused = prepare(UpsampleConv2D(ci, co, 3, padding=1))
     fused.set_state_dict(stock_conv.state_dict())
     fused.bias.set_value(paddle.randn([co]))
     stock_conv.bias.set_value(fused.bias)
@@ -126,9 +124,10 @@ def test_upsample_conv_refuses_other_shapes(args, kwargs):
         UpsampleConv2D(*args, **kwargs)
 
 
-def test_upsample_conv_keeps_conv2d_parameters():
+@pytest.mark.parametrize("prepare", [accelerate, lambda layer: layer], ids=["fast", "plain"])
+def test_upsample_conv_keeps_conv2d_parameters(prepare):
     """Same parameter names and shapes as nn.Conv2D: checkpoints load either way."""
-    stock, fused = nn.Conv2D(6, 4, 3, padding=1), UpsampleConv2D(6, 4, 3, padding=1)
+    stock, fused = nn.Conv2D(6, 4, 3, padding=1), prepare(UpsampleConv2D(6, 4, 3, padding=1))
     shapes = {k: tuple(v.shape) for k, v in fused.state_dict().items()}
     assert shapes == {k: tuple(v.shape) for k, v in stock.state_dict().items()}
     assert isinstance(fused, nn.Conv2D)  # init_weights and export treat it as a conv
@@ -159,13 +158,12 @@ def onednn_runs(monkeypatch):
 
 
 def conv_pair(transposed, ci, co, k, stride, padding, bias, **kwargs):
-    """(stock layer, fast layer) with the same parameters; a random bias (Paddle starts at 0)."""
-    stock_cls, fast_cls = (
-        (nn.Conv2DTranspose, FastConv2DTranspose) if transposed else (nn.Conv2D, FastConv2D)
-    )
+    """(stock layer, accelerated layer) with the same parameters; a random bias (Paddle starts at
+    0)."""
+    layer_cls = nn.Conv2DTranspose if transposed else nn.Conv2D
     bias_attr = None if bias else False
-    stock = stock_cls(ci, co, k, stride, padding, bias_attr=bias_attr, **kwargs)
-    fast = fast_cls(ci, co, k, stride, padding, bias_attr=bias_attr, **kwargs)
+    stock = layer_cls(ci, co, k, stride, padding, bias_attr=bias_attr, **kwargs)
+    fast = accelerate(layer_cls(ci, co, k, stride, padding, bias_attr=bias_attr, **kwargs))
     if bias:
         stock.bias.set_value(paddle.randn(stock.bias.shape))
     fast.set_state_dict(stock.state_dict())
@@ -243,7 +241,7 @@ def test_upsample_conv_runs_on_onednn(onednn_runs):
     """UpsampleConv2D's transposed conv takes the oneDNN path (with a strided-view kernel)."""
     paddle.seed(18)
     stock_conv = nn.Conv2D(16, 16, 3, padding=1)
-    fused = UpsampleConv2D(16, 16, 3, padding=1)
+    fused = accelerate(UpsampleConv2D(16, 16, 3, padding=1))
     fused.set_state_dict(stock_conv.state_dict())
     x = leaf([2, 16, 5, 5], seed=19)
     want = outputs_and_grads(
@@ -356,7 +354,7 @@ def test_a_geometry_onednn_refuses_runs_stock(fresh_library, caplog):
 def test_traced_graphs_hold_only_stock_convolutions(onednn_runs, tmp_path, full_graph):
     """paddle.jit (export) traces the stock ops: the saved model needs nothing of this module."""
     paddle.seed(27)
-    netG = DCGANGenerator(nz=8, ngf=16, channels=1, image_size=16)
+    netG = accelerate(DCGANGenerator(nz=8, ngf=16, channels=1, image_size=16))
     netG.eval()
     z = paddle.randn([3, 8])
     dynamic = netG(z).numpy()
@@ -461,9 +459,10 @@ def test_fast_leaky_relu_falls_back_to_the_stock_op(onednn_runs, monkeypatch, ca
         np.testing.assert_array_equal(a, b)
 
 
-def test_models_use_the_fast_leaky_relu():
+def test_accelerated_models_use_the_fast_leaky_relu():
     for net in (DCGANDiscriminator(4, 1, 16), ACGANDiscriminator(2, 1, 8, 3), MLPDiscriminator()):
-        layers = net.sublayers()
+        assert any(type(layer) is nn.LeakyReLU for layer in net.sublayers())  # plain as built
+        layers = accelerate(net).sublayers()
         assert any(isinstance(layer, FastLeakyReLU) for layer in layers)
         assert all(type(layer) is not nn.LeakyReLU for layer in layers)
 
@@ -555,7 +554,7 @@ def layer_case(case):
     paddle.seed(31)
     if LAYER_CASES[case] is None:
         stock = nn.Conv2D(16, 16, 3, padding=1)
-        fast = UpsampleConv2D(16, 16, 3, padding=1)
+        fast = accelerate(UpsampleConv2D(16, 16, 3, padding=1))
         stock.bias.set_value(paddle.randn([16]))
         fast.set_state_dict(stock.state_dict())
         return (
@@ -730,24 +729,27 @@ KEYS_BEFORE = {
 }  # fmt: skip
 
 
+@pytest.mark.parametrize("prepare", [accelerate, lambda net: net], ids=["fast", "plain"])
 @pytest.mark.parametrize(
-    "net",
+    "make",
     [
-        DCGANGenerator(8, 4, 1, 16),
-        DCGANDiscriminator(4, 1, 16),
-        ACGANGenerator(8, 4, 1, 8, 3),
-        ACGANDiscriminator(2, 1, 8, 3),
+        lambda: DCGANGenerator(8, 4, 1, 16),
+        lambda: DCGANDiscriminator(4, 1, 16),
+        lambda: ACGANGenerator(8, 4, 1, 8, 3),
+        lambda: ACGANDiscriminator(2, 1, 8, 3),
     ],
-    ids=lambda net: type(net).__name__,
+    ids=["DCGANGenerator", "DCGANDiscriminator", "ACGANGenerator", "ACGANDiscriminator"],
 )
-def test_models_keep_their_checkpoint_keys(net):
-    got = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    assert got == KEYS_BEFORE[type(net).__name__]
+def test_models_keep_their_checkpoint_keys(make, prepare):
+    net = make()
+    name = type(net).__name__
+    got = {k: tuple(v.shape) for k, v in prepare(net).state_dict().items()}
+    assert got == KEYS_BEFORE[name]
 
 
 def stock_run(layers, x):
     """Run a Sequential as the stock layers would: Upsample where the Identity keeps its slot,
-    nn.Conv2D's or nn.Conv2DTranspose's own forward on every (faster) conv's parameters,
+    nn.Conv2D's or nn.Conv2DTranspose's own forward on every (accelerated) conv's parameters,
     nn.LeakyReLU's for FastLeakyReLU."""
     for layer in layers:
         if isinstance(layer, nn.Identity):
@@ -765,7 +767,7 @@ def stock_run(layers, x):
 
 def test_acgan_generator_matches_stock_layers():
     paddle.seed(7)
-    netG = ACGANGenerator(nz=12, ngf=8, channels=1, image_size=28, num_classes=10)
+    netG = accelerate(ACGANGenerator(nz=12, ngf=8, channels=1, image_size=28, num_classes=10))
     z, labels = leaf([6, 12], seed=8), paddle.to_tensor(np.arange(6) % 10, dtype="int64")
 
     def stock(z, labels):
@@ -782,7 +784,7 @@ def test_acgan_generator_matches_stock_layers():
 @pytest.mark.parametrize("channels, image_size", [(1, 32), (3, 16)])
 def test_dcgan_generator_matches_stock_layers(channels, image_size):
     paddle.seed(28)
-    netG = DCGANGenerator(nz=12, ngf=16, channels=channels, image_size=image_size)
+    netG = accelerate(DCGANGenerator(nz=12, ngf=16, channels=channels, image_size=image_size))
     z = leaf([5, 12], seed=29)
 
     def stock(z):
@@ -801,6 +803,7 @@ def test_dcgan_generator_matches_stock_layers(channels, image_size):
     ids=["acgan", "dcgan"],
 )
 def test_discriminators_match_stock_layers(net, side):
+    accelerate(net)
     x = leaf([4, net.parameters()[0].shape[1], side, side], seed=9)
     body = net.features if hasattr(net, "features") else net.main
 
@@ -818,7 +821,8 @@ def test_discriminators_match_stock_layers(net, side):
         assert_close(a, b)
 
 
-D_CONFIGS = {  # discriminators as the configs build them (widths kept: all convs on oneDNN)
+D_CONFIGS = {  # discriminators as the configs and build_trainer make them (widths kept: all
+    # convs on oneDNN)
     "dcgan_64": "dcgan_mnist",
     "dcgan_32": "dcgan_cifar10_32",
     "acgan": "acgan_mnist",
@@ -833,7 +837,7 @@ def discriminators():
     for case, config in D_CONFIGS.items():
         paddle.seed(39)
         m = load_config(REPO_ROOT / "configs" / f"{config}.yaml").model
-        nets[case] = build_models(m)[1], [3, m.channels, m.image_size, m.image_size]
+        nets[case] = accelerate(build_models(m)[1]), [3, m.channels, m.image_size, m.image_size]
     return nets
 
 
@@ -891,7 +895,7 @@ INTEL = "vendor_id\t: GenuineIntel\nflags\t\t: avx2 fma avx512f avx512dq avx512c
      ("", None)],
 )  # fmt: skip
 def test_mkl_cpu_type_only_unlocks_what_the_cpu_has(cpuinfo, expected):
-    assert runtime.mkl_cpu_type(cpuinfo) == expected
+    assert process.mkl_cpu_type(cpuinfo) == expected
 
 
 def run_python(code: str, **env) -> str:
@@ -904,14 +908,17 @@ def run_python(code: str, **env) -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
-def test_importing_the_package_sets_the_mkl_path_and_a_user_value_wins():
-    code = "import os, paddlegan_lite; print(os.environ.get('MKL_DEBUG_CPU_TYPE', 'unset'))"
-    assert run_python(code) == (runtime.mkl_cpu_type() or "unset")
+def test_the_process_set_up_sets_the_mkl_path_and_a_user_value_wins():
+    code = (
+        "import os; from paddlegan_lite.ops.process import configure_process_env; "
+        "configure_process_env(); print(os.environ.get('MKL_DEBUG_CPU_TYPE', 'unset'))"
+    )
+    assert run_python(code) == (process.mkl_cpu_type() or "unset")
     assert run_python(code, MKL_DEBUG_CPU_TYPE="4") == "4"
 
 
 def test_matmul_on_the_chosen_mkl_path_is_correct():
-    """The AVX-512/AVX2 MKL path this process runs (set by conftest's import) computes right."""
+    """The AVX-512/AVX2 MKL path this process runs (set up by conftest) computes right."""
     rng = np.random.default_rng(11)
     a, b = rng.standard_normal((300, 200)), rng.standard_normal((200, 100))
     got = paddle.matmul(paddle.to_tensor(a, "float32"), paddle.to_tensor(b, "float32")).numpy()
@@ -920,14 +927,14 @@ def test_matmul_on_the_chosen_mkl_path_is_correct():
 
 def test_keep_freed_memory_steps_aside_for_user_malloc_settings(monkeypatch):
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
-    assert runtime.keep_freed_memory() is False
+    assert process.keep_freed_memory() is False
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
 def test_keep_freed_memory_applies_on_glibc(monkeypatch):
-    for name in runtime.MALLOC_VARIABLES:
+    for name in process.MALLOC_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    assert runtime.keep_freed_memory() is (os.confstr("CS_GNU_LIBC_VERSION") is not None)
+    assert process.keep_freed_memory() is (os.confstr("CS_GNU_LIBC_VERSION") is not None)
 
 
 def test_select_device_on_a_cpu_build():
@@ -945,7 +952,8 @@ def test_faster_layers_run_under_amp(dtype, level):
     """auto_cast + GradScaler around the faster layers: runs and trains (on CPU Paddle keeps
     float32, so this checks the code path, not half-precision numerics)."""
     paddle.seed(12)
-    net = nn.Sequential(UpsampleConv2D(4, 6, 3, padding=1), nn.ReLU(), FastConv2D(6, 1, 4, 2, 1))
+    net = nn.Sequential(UpsampleConv2D(4, 6, 3, padding=1), nn.ReLU(), nn.Conv2D(6, 1, 4, 2, 1))
+    accelerate(net)
     opt = paddle.optimizer.Adam(1e-3, parameters=net.parameters())
     if level == "O2":
         net, opt = paddle.amp.decorate(net, opt, level="O2", dtype=dtype)

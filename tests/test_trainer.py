@@ -18,7 +18,7 @@ from paddlegan_lite.checkpoint import CheckpointError, find_latest, load_checkpo
 from paddlegan_lite.config import load_config
 from paddlegan_lite.datasets import build_dataset
 from paddlegan_lite.errors import UserError
-from paddlegan_lite.export import ExportError, load_generator
+from paddlegan_lite.train_state import load_generator
 from paddlegan_lite.trainer import build_trainer, train
 
 
@@ -242,7 +242,7 @@ def test_eval_during_training_logs_fid_and_keeps_best(repo_root, mnist_root, tmp
 def test_asking_for_ema_weights_of_a_run_without_them_is_an_error(tmp_path, repo_root, mnist_root):
     out = tmp_path / "run"
     train(tiny_cfg(repo_root, "dcgan_mnist", mnist_root, out, "train.max_steps=1"))
-    with pytest.raises(ExportError, match="no EMA generator"):
+    with pytest.raises(CheckpointError, match="no EMA generator"):
         load_generator(out / "checkpoints" / "latest", "ema")
     assert load_generator(out / "checkpoints" / "latest", "auto")[3] == "netG"
 
@@ -266,9 +266,9 @@ def test_ema_is_the_running_average_of_g(repo_root, mnist_root, tmp_path):
                 np.testing.assert_allclose(ema[name], expected, rtol=1e-5, atol=1e-7)
 
     trainer.fit()  # one step: G moved, the EMA took its warm-up weight
-    trainer.step = 0
+    trainer.state.step = 0
     check_update(0.1)  # the first update: (1 + 0) / (10 + 0), mostly G
-    trainer.step = 1000
+    trainer.state.step = 1000
     check_update(0.75)  # later the configured decay
 
 
@@ -319,7 +319,7 @@ def test_amp_code_path_runs_and_resumes(repo_root, mnist_root, tmp_path):
     plain = weights_after(tiny_cfg(repo_root, "dcgan_mnist", mnist_root, tmp_path / "a", steps))
     cfg = tiny_cfg(repo_root, "dcgan_mnist", mnist_root, tmp_path / "b", steps, "train.amp=fp16")
     trainer = build_trainer(cfg, build_dataset(cfg.data, 32, 1, train=True))
-    assert isinstance(trainer.scalerD, paddle.amp.GradScaler)
+    assert isinstance(trainer.state.scalerD, paddle.amp.GradScaler)
     trainer.fit()
     for key, value in both_nets(trainer).items():
         np.testing.assert_allclose(value, plain[key], rtol=1e-6, atol=1e-7, err_msg=key)
@@ -334,13 +334,13 @@ def test_linear_lr_decay_falls_to_zero_at_the_last_step(repo_root, mnist_root, t
                    "optimizer.lr_decay=linear", *rates)  # fmt: skip
     trainer = build_trainer(cfg, build_dataset(cfg.data, 32, 1, train=True))
     for step, factor in ((0, 1.0), (4, 0.6), (9, 0.1), (10, 0.0)):
-        trainer.step = step
+        trainer.state.step = step
         trainer.set_learning_rates(10)
         assert trainer.optG.get_lr() == pytest.approx(1e-3 * factor)
         assert trainer.optD.get_lr() == pytest.approx(4e-3 * factor)
     constant = tiny_cfg(repo_root, "dcgan_mnist", mnist_root, tmp_path / "c", "train.max_steps=10")
     trainer = build_trainer(constant, build_dataset(constant.data, 32, 1, train=True))
-    trainer.step = 9
+    trainer.state.step = 9
     trainer.set_learning_rates(10)
     assert trainer.optG.get_lr() == pytest.approx(2e-4)  # the config's lr, unchanged
 

@@ -24,7 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-import paddlegan_lite  # noqa: F401  (sets CPU math flags before Paddle loads)
+from paddlegan_lite.ops.process import configure_process_env
+
+configure_process_env()  # before Paddle loads: MKL's fast path on AMD, allocator, quiet logs
 from paddlegan_lite.cli import add_config_args, check_output_dir, run_tool
 from paddlegan_lite.errors import UserError
 from paddlegan_lite.logger import log
@@ -106,22 +108,30 @@ def pick_state_dicts(obj, net: str) -> dict:
 
 
 def write_checkpoint(cfg, state_dicts: dict, step: int) -> Path:
-    """Build the model of `cfg`, load the arrays (names and shapes checked) and save it as the
-    run folder's checkpoint, exactly as training would."""
-    from paddlegan_lite import checkpoint as ckpt
-    from paddlegan_lite.trainer import build_trainer
+    """Build the model of `cfg` as a run would (same seed), load the arrays (names and shapes
+    checked) and save the training state as the run folder's first checkpoint."""
+    import paddle
 
-    trainer = build_trainer(cfg, dataset=None)  # saving needs the nets, not the data
-    existing = ckpt.find_latest(trainer.ckpt_dir)
+    from paddlegan_lite import checkpoint as ckpt
+    from paddlegan_lite.models import build_models
+    from paddlegan_lite.train_state import TrainState
+    from paddlegan_lite.trainer import build_optimizers
+
+    ckpt_dir = Path(cfg.train.output_dir) / "checkpoints"
+    existing = ckpt.find_latest(ckpt_dir)
     if existing is not None:
         raise UserError(
-            f"{trainer.ckpt_dir} already holds checkpoints ({existing.name}); "
+            f"{ckpt_dir} already holds checkpoints ({existing.name}); "
             "convert into a new run folder with --output_dir"
         )
+    paddle.seed(cfg.seed)  # a net missing from the input starts where a run's would
+    netG, netD = build_models(cfg.model)
     for name, arrays in state_dicts.items():
-        ckpt.load_layer_arrays(getattr(trainer, name), arrays, NETS[name])
-    trainer.step = step
-    return trainer.save()
+        ckpt.load_layer_arrays({"netG": netG, "netD": netD}[name], arrays, NETS[name])
+    # after loading: an EMA generator (train.ema_decay > 0) starts at the converted G
+    state = TrainState.start(cfg, netG, netD, *build_optimizers(cfg, netG, netD))
+    state.step = step
+    return state.save(ckpt_dir)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-import paddlegan_lite  # noqa: F401  (sets CPU math flags before Paddle loads)
+from paddlegan_lite.ops.process import configure_process_env
+
+configure_process_env()  # before Paddle loads: MKL's fast path on AMD, allocator, quiet logs
 from paddlegan_lite.cli import add_predictor_args, run_tool
 from paddlegan_lite.errors import UserError
 

@@ -6,8 +6,10 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-import paddlegan_lite  # noqa: E402,F401  (sets CPU math flags before Paddle loads)
-from paddlegan_lite.cli import add_config_args, run_tool  # noqa: E402
+from paddlegan_lite.ops.process import configure_process_env
+
+configure_process_env()  # before Paddle loads: MKL's fast path on AMD, allocator, quiet logs
+from paddlegan_lite.cli import add_config_args, run_tool
 
 
 def main() -> int:

@@ -74,8 +74,8 @@ def apply_spectral_norm(net: nn.Layer, embeddings: bool = False) -> nn.Layer:
     Each such layer's `weight` parameter becomes `weight_orig`, with buffers `weight_u` and
     `weight_v` (all three in the state_dict, so checkpoints keep them); before every forward the
     hook sets `layer.weight` to weight_orig / sigma, sigma estimated by one power iteration per
-    training-mode forward (none in eval mode). The fast layers (models/layers.py) subclass the
-    stock ones and read `self.weight` in forward, so they use the normalised weight too.
+    training-mode forward (none in eval mode). `ops.accelerate` keeps the layer objects (and so
+    the hook) and its fast forwards read `self.weight`, so they use the normalised weight too.
 
     The weight is seen as a matrix [out, -1] (the `dim` moved first), as in PyTorch: dim 0 for
     Conv2D's [out, in, k, k]; dim 1 for Conv2DTranspose's [in, out, k, k] and Linear's [in, out].

@@ -9,7 +9,7 @@ import math
 import paddle
 from paddle import nn
 
-from paddlegan_lite.models.layers import Dropout, FastConv2D, FastLeakyReLU, UpsampleConv2D
+from paddlegan_lite.models.layers import Dropout, UpsampleConv2D
 
 
 def _same_stride2(size: int) -> int:
@@ -34,8 +34,9 @@ class ACGANGenerator(nn.Layer):
         self.width = 2 * ngf  # its channels
         self.embed = nn.Embedding(num_classes, nz)
         self.fc = nn.Linear(nz, self.width * self.base * self.base)
-        # Each "2x nearest upsample, then 3x3 conv" is one UpsampleConv2D (same math, 2.25x fewer
-        # multiply-adds); the Identity keeps the upsampling's slot so checkpoint keys stay main.2.*
+        # Each "2x nearest upsample, then 3x3 conv" is one UpsampleConv2D (ops.accelerate computes
+        # it as one transposed conv); the Identity keeps the upsampling's slot so checkpoint keys
+        # stay main.2.*
         self.main = nn.Sequential(
             # state size. (ngf*2) x image_size/4 x image_size/4
             nn.BatchNorm2D(2 * ngf, momentum=0.8),
@@ -49,7 +50,7 @@ class ACGANGenerator(nn.Layer):
             nn.ReLU(),
             nn.BatchNorm2D(ngf, momentum=0.8),
             # state size. ngf x image_size x image_size
-            FastConv2D(ngf, channels, 3, padding=1),
+            nn.Conv2D(ngf, channels, 3, padding=1),
             nn.Tanh(),
         )
 
@@ -71,20 +72,20 @@ class ACGANDiscriminator(nn.Layer):
         side = _same_stride2(side)  # the third conv; the fourth keeps the side
         self.num_features = 8 * ndf * side * side
         self.features = nn.Sequential(
-            FastConv2D(channels, ndf, 3, stride=2, padding=1),
-            FastLeakyReLU(0.2),
+            nn.Conv2D(channels, ndf, 3, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
             Dropout(dropout),
-            FastConv2D(ndf, 2 * ndf, 3, stride=2, padding=1),
+            nn.Conv2D(ndf, 2 * ndf, 3, stride=2, padding=1),
             nn.Pad2D([0, 1, 0, 1]),  # Keras ZeroPadding2D(((0, 1), (0, 1))): 7x7 -> 8x8 on MNIST
-            FastLeakyReLU(0.2),
+            nn.LeakyReLU(0.2),
             Dropout(dropout),
             nn.BatchNorm2D(2 * ndf, momentum=0.8),
-            FastConv2D(2 * ndf, 4 * ndf, 3, stride=2, padding=1),
-            FastLeakyReLU(0.2),
+            nn.Conv2D(2 * ndf, 4 * ndf, 3, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
             Dropout(dropout),
             nn.BatchNorm2D(4 * ndf, momentum=0.8),
-            FastConv2D(4 * ndf, 8 * ndf, 3, stride=1, padding=1),
-            FastLeakyReLU(0.2),
+            nn.Conv2D(4 * ndf, 8 * ndf, 3, stride=1, padding=1),
+            nn.LeakyReLU(0.2),
             Dropout(dropout),
         )  # state size. (ndf*8) x side x side
         self.adv_head = nn.Linear(self.num_features, 1)

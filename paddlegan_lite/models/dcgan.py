@@ -10,8 +10,6 @@ import math
 
 from paddle import nn
 
-from paddlegan_lite.models.layers import FastConv2D, FastConv2DTranspose, FastLeakyReLU
-
 
 def num_doublings(image_size: int) -> int:
     """Stride-2 layers between a 4x4 map and image_size x image_size."""
@@ -34,19 +32,19 @@ class DCGANGenerator(nn.Layer):
         width = ngf * 2 ** (n - 1)
         layers = [
             # input is z as a 1x1 map, going into a 4x4 transposed convolution
-            FastConv2DTranspose(nz, width, 4, 1, 0, bias_attr=False),
+            nn.Conv2DTranspose(nz, width, 4, 1, 0, bias_attr=False),
             nn.BatchNorm2D(width),
             nn.ReLU(),
         ]  # state size. (ngf * 2^(n-1)) x 4 x 4
         for _ in range(n - 1):
             layers += [
-                FastConv2DTranspose(width, width // 2, 4, 2, 1, bias_attr=False),
+                nn.Conv2DTranspose(width, width // 2, 4, 2, 1, bias_attr=False),
                 nn.BatchNorm2D(width // 2),
                 nn.ReLU(),
             ]  # each: channels halve, side doubles
             width //= 2
         # state size. ngf x (image_size / 2) x (image_size / 2)
-        layers += [FastConv2DTranspose(width, channels, 4, 2, 1, bias_attr=False), nn.Tanh()]
+        layers += [nn.Conv2DTranspose(width, channels, 4, 2, 1, bias_attr=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)
 
     def forward(self, z, labels=None):  # unconditional: labels are not used
@@ -60,17 +58,17 @@ class DCGANDiscriminator(nn.Layer):
         super().__init__()
         n = num_doublings(image_size)
         # input is (channels) x image_size x image_size; no BatchNorm on the first layer (paper)
-        layers = [FastConv2D(channels, ndf, 4, 2, 1, bias_attr=False), FastLeakyReLU(0.2)]
+        layers = [nn.Conv2D(channels, ndf, 4, 2, 1, bias_attr=False), nn.LeakyReLU(0.2)]
         width = ndf
         for _ in range(n - 1):
             layers += [
-                FastConv2D(width, width * 2, 4, 2, 1, bias_attr=False),
+                nn.Conv2D(width, width * 2, 4, 2, 1, bias_attr=False),
                 nn.BatchNorm2D(width * 2),
-                FastLeakyReLU(0.2),
+                nn.LeakyReLU(0.2),
             ]  # each: channels double, side halves
             width *= 2
-        # state size. (ndf * 2^(n-1)) x 4 x 4 -> one logit (the kernel covers it: one matmul)
-        layers += [FastConv2D(width, 1, 4, 1, 0, bias_attr=False)]
+        # state size. (ndf * 2^(n-1)) x 4 x 4 -> one logit
+        layers += [nn.Conv2D(width, 1, 4, 1, 0, bias_attr=False)]
         self.main = nn.Sequential(*layers)
 
     def forward(self, x, labels=None):

@@ -9,8 +9,6 @@ import math
 
 from paddle import nn
 
-from paddlegan_lite.models.layers import FastLeakyReLU
-
 
 class MLPGenerator(nn.Layer):
     """z [N, nz] -> images [N, channels, image_size, image_size] in [-1, 1]."""
@@ -42,9 +40,9 @@ class MLPDiscriminator(nn.Layer):
         self.in_features = channels * image_size * image_size
         self.main = nn.Sequential(
             nn.Linear(self.in_features, hidden),
-            FastLeakyReLU(0.2),
+            nn.LeakyReLU(0.2),
             nn.Linear(hidden, hidden),
-            FastLeakyReLU(0.2),
+            nn.LeakyReLU(0.2),
             nn.Linear(hidden, 1),  # a logit: the loss applies the sigmoid in a stable form
         )
 

@@ -17,7 +17,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from paddlegan_lite.models.layers import FastConv2D, UpsampleConv2D
+from paddlegan_lite.models.layers import UpsampleConv2D
 
 RESIDUAL_GAIN = math.sqrt(2.0)  # Xavier gain of the convs on the residual paths (mimicry)
 
@@ -105,12 +105,12 @@ class GBlock(nn.Layer):
     def __init__(self, in_channels: int, out_channels: int, num_classes: int = 0):
         super().__init__()
         self.b1 = _batch_norm(in_channels, num_classes)
-        # "2x nearest upsample, then 3x3 conv" as one UpsampleConv2D: same math, 2.25x fewer
-        # multiply-adds and no upsampled copy
+        # "2x nearest upsample, then 3x3 conv" as one UpsampleConv2D, which ops.accelerate
+        # computes as one transposed conv
         self.c1 = _xavier(UpsampleConv2D(in_channels, out_channels, 3, padding=1), RESIDUAL_GAIN)
         self.b2 = _batch_norm(out_channels, num_classes)
-        self.c2 = _xavier(FastConv2D(out_channels, out_channels, 3, padding=1), RESIDUAL_GAIN)
-        self.c_sc = _xavier(FastConv2D(in_channels, out_channels, 1))
+        self.c2 = _xavier(nn.Conv2D(out_channels, out_channels, 3, padding=1), RESIDUAL_GAIN)
+        self.c_sc = _xavier(nn.Conv2D(in_channels, out_channels, 1))
 
     def forward(self, x, labels=None):
         h = self.c1(F.relu(_normalise(self.b1, x, labels)))
@@ -145,7 +145,7 @@ class SNGANGenerator(nn.Layer):
         self.blocks = nn.LayerList([GBlock(ngf, ngf, num_classes) for _ in range(n)])
         # state size. ngf x image_size x image_size (each block doubles the side)
         self.bn = nn.BatchNorm2D(ngf)  # plain, as mimicry's conditional G
-        self.conv = _xavier(FastConv2D(ngf, channels, 3, padding=1))
+        self.conv = _xavier(nn.Conv2D(ngf, channels, 3, padding=1))
 
     def forward(self, z, labels=None):
         labels = _labels(labels, "generator") if self.num_classes else None
@@ -162,9 +162,9 @@ class OptimizedDBlock(nn.Layer):
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.c1 = _xavier(FastConv2D(in_channels, out_channels, 3, padding=1), RESIDUAL_GAIN)
-        self.c2 = _xavier(FastConv2D(out_channels, out_channels, 3, padding=1), RESIDUAL_GAIN)
-        self.c_sc = _xavier(FastConv2D(in_channels, out_channels, 1))
+        self.c1 = _xavier(nn.Conv2D(in_channels, out_channels, 3, padding=1), RESIDUAL_GAIN)
+        self.c2 = _xavier(nn.Conv2D(out_channels, out_channels, 3, padding=1), RESIDUAL_GAIN)
+        self.c_sc = _xavier(nn.Conv2D(in_channels, out_channels, 1))
 
     def forward(self, x):
         h = _downsample(self.c2(F.relu(self.c1(x))))
@@ -179,10 +179,10 @@ class DBlock(nn.Layer):
     def __init__(self, in_channels: int, out_channels: int, downsample: bool):
         super().__init__()
         self.downsample = downsample
-        self.c1 = _xavier(FastConv2D(in_channels, in_channels, 3, padding=1), RESIDUAL_GAIN)
-        self.c2 = _xavier(FastConv2D(in_channels, out_channels, 3, padding=1), RESIDUAL_GAIN)
+        self.c1 = _xavier(nn.Conv2D(in_channels, in_channels, 3, padding=1), RESIDUAL_GAIN)
+        self.c2 = _xavier(nn.Conv2D(in_channels, out_channels, 3, padding=1), RESIDUAL_GAIN)
         learnable_sc = downsample or in_channels != out_channels
-        self.c_sc = _xavier(FastConv2D(in_channels, out_channels, 1)) if learnable_sc else None
+        self.c_sc = _xavier(nn.Conv2D(in_channels, out_channels, 1)) if learnable_sc else None
 
     def forward(self, x):
         h = self.c2(F.relu(self.c1(F.relu(x))))
