@@ -234,8 +234,8 @@ def create_predictor(
             # Paddle 3.3.1's oneDNN placement pass moves nearest_interp (AC-GAN's upsampling)
             # onto oneDNN, which then fails on its float64 `scale` attribute (Paddle issue
             # #79749). Without the pass, the conv fusion passes still put convolutions on
-            # oneDNN: ~2.3x the throughput of `disable_mkldnn()` (bench/infer_speed.py), and an
-            # image's bits do not depend on its batch.
+            # oneDNN (faster than `disable_mkldnn()`: bench/infer_speed.py), and an image's
+            # bits do not depend on its batch.
             config.delete_pass("onednn_placement_pass")
         else:
             config.disable_mkldnn()

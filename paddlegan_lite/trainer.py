@@ -244,7 +244,8 @@ class GANTrainer:
 
     def make_loader(self, sampler):
         """Batches (images, labels) in the sampler's order. In-memory datasets hand out whole
-        batches with one vectorised `get_batch` (measured: 4x the per-item DataLoader's rate).
+        batches with one vectorised `get_batch` (several times the per-item DataLoader's rate:
+        bench/loader_speed.py).
         With data.num_workers > 0 items are decoded in worker processes; an item's UserError
         (a bad image) comes back as data and is raised here as the same one-line error."""
         from paddlegan_lite.datasets import CaughtErrors, collate_or_error, raise_caught
@@ -304,9 +305,10 @@ class GANTrainer:
 
     def ema_decay(self) -> float:
         """train.ema_decay, warmed up as min(decay, (1 + step) / (10 + step)): a plain 0.999
-        would still give the random initial weights 46% of the average after 780 steps
-        (measured: FID 593 against G's 17 on dcgan_mnist); warmed up, the EMA follows G early
-        and averages over the last ~1 / (1 - decay) steps later."""
+        would still give the random initial weights 0.999^780 = 46% of the average after 780
+        steps, and its samples score far worse than G's
+        (bench/RESULTS.md#measurements-behind-the-code); warmed up, the EMA follows G early and
+        averages over the last ~1 / (1 - decay) steps later."""
         step = self.state.step
         return min(self.cfg.train.ema_decay, (1 + step) / (10 + step))
 

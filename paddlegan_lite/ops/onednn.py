@@ -41,10 +41,11 @@ ENV_SWITCH = "PADDLEGAN_LITE_ONEDNN"  # "0" runs the stock Paddle ops everywhere
 LIBRARY_FILE = "libdnnl.so.3"  # oneDNN 3.x, in paddle/libs since Paddle 2.5
 MAX_CACHED_PLANS = 64  # one per (layer, batch shape); a run uses a dozen or two
 # oneDNN 3.6's kernels for the data-gradient direction (conv backward-data, which is also the
-# transposed conv's forward) are slow when the side they write has few channels: 7-10 ms where
-# Paddle takes 1.4-1.7 ms for DCGAN's 1- and 3-channel image layers at batch 64 (its fast kernels
-# there want 16+ channels). So Paddle computes D's first layer's input gradient, and G's last
-# layer entirely (oneDNN's other two directions saved nothing there after their reorders).
+# transposed conv's forward) are several times slower than Paddle's when the side they write has
+# few channels, as DCGAN's 1- and 3-channel image layers do (its fast kernels want 16+
+# channels; bench/RESULTS.md#measurements-behind-the-code). So Paddle computes D's first layer's
+# input gradient, and G's last layer entirely (oneDNN's other two directions saved nothing there
+# after their reorders).
 FEW_CHANNELS = 16
 
 # oneDNN 3.x C API values (include/oneapi/dnnl/dnnl_types.h; `_check_abi` asks the loaded

@@ -45,8 +45,8 @@ def mkl_cpu_type(cpuinfo: str | None = None) -> str | None:
 
     Paddle's MKL gives AMD CPUs its generic SSE code unless told otherwise. "5" is its AVX2 path;
     "7" its AVX-512 one, only safe where the CPU has every AVX-512 subset MKL uses (otherwise it
-    would stop on an illegal instruction). Measured on a Zen EPYC: 2048^2 SGEMM 106 -> 201 GFLOP/s
-    from 5 to 7, and a DCGAN step's convolutions 1.4x faster.
+    would stop on an illegal instruction). Each step up roughly doubles float32 GEMM speed
+    (bench/RESULTS.md#measurements-behind-the-code).
     """
     cpuinfo = read_cpuinfo() if cpuinfo is None else cpuinfo
     if cpu_vendor(cpuinfo) != "amd":
@@ -64,9 +64,9 @@ def keep_freed_memory() -> bool:
 
     Paddle's CPU allocator hands every new activation and gradient to malloc; by default glibc
     maps blocks over 128 KiB fresh and unmaps them on free, so each step page-faults its whole
-    working set again. Measured: an elementwise add of 3.2 M floats 6.1 -> 0.8 ms, an AC-GAN step
-    12% less CPU time; peak RSS -3% to +14% by config. Skipped where the user tunes malloc through
-    the environment, and off glibc. Returns whether it applied.
+    working set again; keeping them makes large elementwise ops several times faster for a small
+    change in peak memory (bench/RESULTS.md#measurements-behind-the-code). Skipped where the user
+    tunes malloc through the environment, and off glibc. Returns whether it applied.
     """
     if any(name in os.environ for name in MALLOC_VARIABLES) or not sys.platform.startswith("linux"):
         return False
