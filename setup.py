@@ -26,11 +26,11 @@ setup(
     ],
     extras_require={
         "cpu": ["paddlepaddle>=3.0"],
-        # scipy: reference values in tests/test_metrics.py; selenium: tests/test_serve_browser.py
-        # (Service(log_output=...) is 4.13+)
+        # scipy: reference values in tests/unit/test_metrics.py; selenium:
+        # tests/e2e/test_serve_browser.py (Service(log_output=...) is 4.13+)
         "dev": ["pytest>=7", "ruff>=0.5", "hypothesis>=6", "scipy>=1.9", "selenium>=4.13"],
         "onnx": ["paddle2onnx>=2.0", "onnxruntime>=1.16"],  # optional: tools/export_model.py --onnx
-        # tools/serve.py; httpx is what FastAPI's TestClient (tests/test_serve.py) runs on
+        # tools/serve.py; httpx is what FastAPI's TestClient (tests/e2e/test_serve_tool.py) runs on
         "serve": ["fastapi>=0.100", "uvicorn>=0.23", "httpx>=0.24"],
     },
 )

@@ -557,9 +557,9 @@ SIZE_KEYS = {
 class MemoryEstimate:
     """What a training run needs, in bytes, from closed forms of the nets in models/*.py.
 
-    The parameter counts are exact (tests/test_config.py builds the nets and counts). The rest is
-    rough: every layer's output per image, times 3 for what backward keeps (the normalised and
-    activated copies) and the gradients flowing back; enough to refuse what cannot fit.
+    The parameter counts are exact (tests/unit/test_config.py builds the nets and counts). The
+    rest is rough: every layer's output per image, times 3 for what backward keeps (the normalised
+    and activated copies) and the gradients flowing back; enough to refuse what cannot fit.
     """
 
     params_g: int  # parameters of netG, as net.parameters() lists them (BatchNorm statistics too)

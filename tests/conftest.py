@@ -26,8 +26,9 @@ configure_process_env()  # before anything imports Paddle, as the tools do
 from data_files import write_mnist_idx  # noqa: E402
 
 SLOW_FOLDERS = (TESTS / "integration", TESTS / "e2e")
-# Run before every other test: its 2,000 in-process MLP GAN steps took twice as long (86 s against
-# 40 s on our shared 2-core machine) once earlier tests had run oneDNN convolutions in the process
+# Run before every other test: its 2,000 in-process MLP GAN steps slow down once earlier tests have
+# run oneDNN convolutions in this process (OpenMP's worker threads, it seems): 46 s against 41 s
+# on our quiet 2-core machine, 86-101 s against 40 s while another job kept one core busy
 RUN_FIRST = ("tests/integration/test_training.py::test_mlp_gan_learns_the_data",)
 
 
@@ -55,7 +56,7 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def mnist_root(tmp_path_factory) -> Path:
     """40 tiny digits in MNIST's IDX files (batch 8: 5 steps per epoch, so short runs cross an
-    epoch). Shared by every test that trains: nothing may write into it."""
+    epoch), shared by the whole session: nothing may write into it."""
     root = tmp_path_factory.mktemp("mnist")
     write_mnist_idx(root, n=40, seed=3)
     return root

@@ -2,7 +2,7 @@
 
 config.py holds the closed-form parameter count of each family (`MODEL_SIZES`), so a config is
 checked against the machine's memory before Paddle loads; a change to a net's layers must change
-it too (tests/test_config.py builds every family and compares the counts).
+it too (tests/unit/test_config.py builds every family and compares the counts).
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ def refresh_spectral_norm(net: nn.Layer) -> None:
 
     paddle.jit.save traces `forward` without the forward pre-hooks, so the exported program holds
     `weight` as it stands: stale after loading a checkpoint or an optimizer step. export.py calls
-    this first (tests/test_spectral_norm.py checks Paddle Inference against the dynamic graph).
+    this first (tests/unit/models/test_spectral_norm.py checks Paddle Inference against the
+    dynamic graph).
     """
     with paddle.no_grad():
         for layer in net.sublayers(include_self=True):

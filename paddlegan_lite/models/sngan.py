@@ -197,8 +197,8 @@ class SNGANDiscriminator(nn.Layer):
     logits [N]. With num_classes > 0 a projection D: the logit gains <embed(label), h>, h D's
     pooled features, and labels are required; with 0 labels are ignored.
 
-    Twice differentiable for R1 and WGAN-GP (tests/test_sngan.py checks the penalties' weight
-    gradients against finite differences).
+    Twice differentiable for R1 and WGAN-GP (tests/unit/models/test_sngan.py checks the
+    penalties' weight gradients against finite differences).
     """
 
     def __init__(

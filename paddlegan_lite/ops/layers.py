@@ -1,7 +1,7 @@
 """Faster twins of the layers the models are built from, for `ops.accelerate` to swap in.
 
 Each subclasses the layer it replaces and overrides only `forward`: same parameters, buffers and
-state_dict keys, same math (tests/test_speed_options.py and tests/test_ops.py check outputs and
+state_dict keys, same math (tests/unit/ops/test_layers.py and test_accelerate.py check outputs and
 gradients, first and second order, against the plain layer); only the kernels Paddle runs differ.
 Anything outside the fast cases runs the plain layer's code. On CPU the convolutions and the
 leaky ReLU run on oneDNN where ops/onednn.py supports them; traced and static graphs (export)

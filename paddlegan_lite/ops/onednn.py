@@ -10,7 +10,7 @@ on the CPU; mixed devices are refused); everywhere else callers run the stock Pa
 The discriminators' LeakyReLU runs on oneDNN's eltwise primitive the same way (`leaky_relu`).
 Threads: this libdnnl is an OpenMP build running on the libiomp5 Paddle loads and sizes, so it
 uses Paddle's thread count (runtime.use_cpu_threads: every physical core unless told otherwise;
-tests/test_hardware.py reads oneDNN's own count back); PADDLEGAN_LITE_ONEDNN=0 switches it off.
+tests/unit/test_runtime.py reads oneDNN's own count back); PADDLEGAN_LITE_ONEDNN=0 switches it off.
 """
 
 from __future__ import annotations
