@@ -38,6 +38,7 @@ LR_DECAYS = ("", "linear")  # optimizer.lr_decay (trainer.lr_factor)
 SPECTRAL_NORM_MODES = ("", "d", "gd")  # model.spectral_norm: off, D, G and D
 EXTRACTORS = ("classifier", "inception")  # eval.extractor (extractors.py)
 EVAL_MIN_SAMPLES = 10  # eval.num_samples: fewer leaves IS splits and k-NN balls without meaning
+WEIGHT_CHOICES = ("auto", "ema", "raw")  # a checkpoint's generator: EMA if kept, EMA, G's own
 MAX_DEPTH = 20  # YAML nesting refused beyond this (a config needs 4: root, optimizer, g, lr)
 # Widths, sizes and batch sizes above this are refused outright: no machine holds such a tensor,
 # and it keeps the memory estimate's arithmetic within float range.

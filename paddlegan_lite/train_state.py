@@ -16,14 +16,19 @@ from paddle import nn
 
 from paddlegan_lite import checkpoint as ckpt
 from paddlegan_lite.checkpoint import CheckpointError
-from paddlegan_lite.config import Config, config_from_dict, config_to_dict, model_differences
+from paddlegan_lite.config import (
+    WEIGHT_CHOICES,
+    Config,
+    config_from_dict,
+    config_to_dict,
+    model_differences,
+)
 from paddlegan_lite.errors import UserError
 
 # What a training checkpoint must hold: its JSON keys and its files of arrays (netG_ema only
 # where the run kept an EMA generator).
 STATE_KEYS = ("config", "epoch", "batch_in_epoch")
 TENSOR_PARTS = ("netG", "netD", "optG", "optD", "extra")
-WEIGHT_CHOICES = ("auto", "ema", "raw")
 
 
 @dataclass(eq=False)  # compared by identity: tensors have no single truth value for ==

@@ -26,6 +26,7 @@ from paddlegan_lite.ops.process import configure_process_env
 
 configure_process_env()  # before Paddle loads: MKL's fast path on AMD, allocator, quiet logs
 from paddlegan_lite.cli import add_config_args, add_moved_flags, check_output_file, run_tool
+from paddlegan_lite.config import WEIGHT_CHOICES
 from paddlegan_lite.errors import UserError
 
 # The flags this tool had before eval options moved to -o eval.*; refused with the new spelling.
@@ -51,7 +52,7 @@ def main() -> int:
     parser.add_argument("--data", help="the same as -c: the config naming the real images")
     parser.add_argument(
         "--weights",
-        choices=("auto", "ema", "raw"),
+        choices=WEIGHT_CHOICES,
         default="auto",
         help="checkpoint generator: auto (EMA when the run kept one), ema, or raw (G's own)",
     )
