@@ -15,6 +15,7 @@ from paddle.nn.utils.spectral_norm_hook import SpectralNorm
 from paddlegan_lite.config import ModelConfig
 from paddlegan_lite.models.acgan import ACGANDiscriminator, ACGANGenerator
 from paddlegan_lite.models.dcgan import DCGANDiscriminator, DCGANGenerator, init_weights
+from paddlegan_lite.models.layers import TwiceDifferentiableSpectralNorm
 from paddlegan_lite.models.mlp_gan import MLPDiscriminator, MLPGenerator
 from paddlegan_lite.models.sngan import SNGANDiscriminator, SNGANGenerator
 
@@ -91,6 +92,9 @@ def apply_spectral_norm(net: nn.Layer, embeddings: bool = False) -> nn.Layer:
             spectral_norm(layer, dim=1)
         elif isinstance(layer, nn.Conv2D) or (embeddings and isinstance(layer, nn.Embedding)):
             spectral_norm(layer, dim=0)
+        for hook in layer._forward_pre_hooks.values():
+            if type(hook) is SpectralNorm:  # the same hook, its sigma twice differentiable
+                hook.__class__ = TwiceDifferentiableSpectralNorm
     return net
 
 

@@ -1,6 +1,7 @@
-"""Layers the models need beyond Paddle's own: an upsample-then-conv unit and a dropout whose
-gradient can be differentiated again. Both are plain Paddle math; the faster CPU twins of these
-and of Paddle's layers live in paddlegan_lite/ops and are swapped in by `ops.accelerate(net)`.
+"""Layers the models need beyond Paddle's own: an upsample-then-conv unit, and a dropout and a
+spectral norm whose gradients can be differentiated again. All are plain Paddle math; the faster
+CPU twins of Paddle's layers and of the upsampling conv live in paddlegan_lite/ops and are
+swapped in by `ops.accelerate(net)`.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
+from paddle.nn.utils.spectral_norm_hook import SpectralNorm
 
 
 class UpsampleConv2D(nn.Conv2D):
@@ -50,4 +52,26 @@ class Dropout(nn.Dropout):
         return x * mask
 
 
-__all__ = ["Dropout", "UpsampleConv2D"]
+class TwiceDifferentiableSpectralNorm(SpectralNorm):
+    """Paddle's spectral-norm hook (paddle.nn.utils.spectral_norm) with sigma = sum(u * W v)
+    where Paddle computes dot(u, mv(W, v)): the same value, from ops whose gradients can be
+    differentiated again. Paddle 3.3's dot_grad has no grad op, so R1 and gradient penalties
+    (which differentiate D's input gradient with respect to its weights) failed on every
+    spectrally normalised D. The power iteration is Paddle's, unchanged (`compute_weight` of
+    the parent, run without gradient, updates u and v in place)."""
+
+    def compute_weight(self, layer, do_power_iteration: bool):
+        if do_power_iteration:
+            with paddle.no_grad():
+                super().compute_weight(layer, do_power_iteration=True)
+        weight = getattr(layer, self.name + "_orig")
+        # copies: the next training-mode forward updates the buffers in place, and this
+        # forward's graph must keep the u and v it used (as Paddle's hook does)
+        u = getattr(layer, self.name + "_u").clone()
+        v = getattr(layer, self.name + "_v").clone()
+        weight_mat = self.reshape_weight_to_matrix(weight)
+        sigma = (u * paddle.matmul(weight_mat, v)).sum()
+        return weight / sigma
+
+
+__all__ = ["Dropout", "TwiceDifferentiableSpectralNorm", "UpsampleConv2D"]

@@ -158,12 +158,19 @@ def test_penalties_through_dcgan_d_match_stock_layers(repo_root, which):
 
 
 @pytest.mark.parametrize(
-    "options",
-    [["train.loss=wgan", "train.gp_weight=10"], ["train.r1_gamma=1", "train.r1_interval=2"]],
-    ids=["wgan-gp", "lazy-r1"],
+    "name, options",
+    [
+        ("mlp_gan_mnist", ["train.loss=wgan", "train.gp_weight=10"]),
+        ("mlp_gan_mnist", ["train.r1_gamma=1", "train.r1_interval=2"]),
+        # with spectral norm (its sigma differentiated twice): the issue's own command,
+        # sngan_cifar10_cond -o train.r1_gamma=0.1, and WGAN-GP on a normalised DCGAN
+        ("sngan_cifar10_cond", ["train.r1_gamma=0.1"]),
+        ("dcgan_mnist", ["model.spectral_norm=d", "train.loss=wgan", "train.gp_weight=10"]),
+    ],
+    ids=["wgan-gp", "lazy-r1", "sngan-cond-r1", "dcgan-sn-wgan-gp"],
 )
-def test_two_training_steps_with_a_penalty(mnist_root, tmp_path, options):
-    cfg = tiny_cfg("mlp_gan_mnist", mnist_root, tmp_path, "train.max_steps=2", *options)
+def test_two_training_steps_with_a_penalty(mnist_root, tmp_path, name, options):
+    cfg = tiny_cfg(name, mnist_root, tmp_path, "train.max_steps=2", *options)
     last = train(cfg)
     assert np.isfinite(last["loss_d"]) and np.isfinite(last["loss_g"])
 
