@@ -118,7 +118,8 @@ def profile_paddle(cfg, steps: int, tmp: Path):
     real, labels = paddle.to_tensor(real), paddle.to_tensor(labels)
 
     def step():
-        loss_d, _, _, fake, gen_labels = trainer.d_step(real, labels)
+        z, gen_labels = trainer.sample_latent(real.shape[0])
+        loss_d, _, _, fake = trainer.d_step(real, labels, z, gen_labels)
         return loss_d, trainer.g_step(fake, gen_labels)
 
     for _ in range(3):  # allocator and kernel caches warm up

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import paddle
 
-from paddlegan_lite.config import diffaugment_policies
-
 TRANSLATION_RATIO = 0.125  # largest shift, as a fraction of the image size
 CUTOUT_RATIO = 0.5  # side of the cut-out square, as a fraction of the image size
 
 
-def diff_augment(x, policy: str):
-    """`x` with the transforms of `policy` ("color,translation,cutout"; "" = x itself) applied
-    in the order written."""
-    for name in diffaugment_policies(policy):
+def diff_augment(x, policies: list[str]):
+    """`x` with the transforms of `policies` (["color", "translation", "cutout"], as
+    config.diffaugment_policies reads train.diffaugment; [] = x itself) applied in that order."""
+    for name in policies:
         for transform in TRANSFORMS[name]:
             x = transform(x)
     return x

@@ -341,6 +341,24 @@ def find_latest(ckpt_dir: str | Path) -> Path | None:
     return best
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder as given, or the newest one in a run folder or its checkpoints/."""
+    path = Path(path).expanduser()
+    if (path / STATE_FILE).is_file() or path.is_file():
+        return path  # a file: load_checkpoint says what it is (a pickle, say) better than "none"
+    folders = [path / "checkpoints", path]
+    if path.name == "latest":  # a `latest` link whose target is gone: the newest complete one
+        folders.append(path.parent)
+    for folder in folders:
+        found = find_latest(folder)
+        if found is not None:
+            return found
+    raise CheckpointError(
+        f"no checkpoint at {path} (expected a checkpoint folder such as "
+        "output/<run>/checkpoints/latest, or a run folder holding one)"
+    )
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict, dict]:
     """(state, {name: {key: array}}) from a checkpoint folder. Reads JSON and safetensors only."""
     path = _existing_folder(path)

@@ -37,7 +37,7 @@ def load_checkpoint_model(path, device: str = "auto", weights: str = "auto") -> 
     """A generator from a checkpoint folder (or a run folder: its newest checkpoint), built from
     the checkpoint's own config. weights: "auto" (the EMA weights when the checkpoint has them),
     "ema" or "raw" (G's own)."""
-    from paddlegan_lite.export import resolve_checkpoint
+    from paddlegan_lite.checkpoint import resolve_checkpoint
     from paddlegan_lite.ops import accelerate
     from paddlegan_lite.runtime import select_device
     from paddlegan_lite.train_state import load_generator

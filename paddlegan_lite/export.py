@@ -89,7 +89,7 @@ def export_model(
     The model is rebuilt from the checkpoint's own config; `cfg` (from `-c`) is only compared
     with it, so a config that would build another model is refused instead of half-loaded.
     """
-    checkpoint = resolve_checkpoint(checkpoint)
+    checkpoint = ckpt.resolve_checkpoint(checkpoint)
     with on_cpu():  # the export is device-independent; the reference must be CPU float32
         netG, run_cfg, state, _ = load_generator(checkpoint)
     if cfg is not None:
@@ -130,24 +130,6 @@ def export_model(
             infer_cfg["check"]["onnx_max_abs_diff"] = onnx_diff
             write_infer_cfg(output_dir, infer_cfg)
     return infer_cfg
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder as given, or the newest one in a run folder or its checkpoints/."""
-    path = Path(path).expanduser()
-    if (path / ckpt.STATE_FILE).is_file() or path.is_file():
-        return path  # a file: load_checkpoint says what it is (a pickle, say) better than "none"
-    folders = [path / "checkpoints", path]
-    if path.name == "latest":  # a `latest` link whose target is gone: the newest complete one
-        folders.append(path.parent)
-    for folder in folders:
-        found = ckpt.find_latest(folder)
-        if found is not None:
-            return found
-    raise ckpt.CheckpointError(
-        f"no checkpoint at {path} (expected a checkpoint folder such as "
-        "output/<run>/checkpoints/latest, or a run folder holding one)"
-    )
 
 
 def check_same_model(cfg: Config, run_cfg: Config, checkpoint: Path) -> None:

@@ -12,9 +12,11 @@ import os
 import socket
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from paddlegan_lite import checkpoint as ckpt
+from paddlegan_lite import distributed
 from paddlegan_lite.errors import UserError
 
 LOCK_FILE = ".lock"
@@ -96,6 +98,34 @@ def _describe(text: str) -> str:
         return f"pid {info['pid']} on {info['host']}, started {info['started']}"
     except (ValueError, KeyError, TypeError):
         return "holder unknown"
+
+
+@contextmanager
+def claimed(run_dir: Path):
+    """Rank 0 holds `run_dir`'s lock for the block; every rank learns if it could not be had."""
+    lock, refusal = None, None
+    if distributed.is_main():
+        try:
+            lock = claim(run_dir)
+        except UserError as exc:
+            refusal = exc
+    if distributed.any_rank(refusal is not None):
+        raise refusal or UserError(f"rank 0 could not claim the run folder {run_dir}")
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def write_config(run_dir: Path, text: str) -> None:
+    """The run's resolved config as `<run_dir>/config.yaml` (what export and eval read back)."""
+    try:
+        (run_dir / "config.yaml").write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(
+            f"train.output_dir={run_dir}: cannot write the run folder ({exc.strerror or exc})"
+        ) from None
 
 
 def check_no_overwrite(ckpt_dir: Path, resume_step: int | None) -> None:

@@ -27,7 +27,7 @@ from paddlegan_lite import checkpoint as ckpt
 from paddlegan_lite import distributed, run_folder
 from paddlegan_lite.augment import diff_augment
 from paddlegan_lite.cli import exit_now
-from paddlegan_lite.config import Config, check_run, dump_config
+from paddlegan_lite.config import Config, check_run, diffaugment_policies, dump_config
 from paddlegan_lite.errors import UserError
 from paddlegan_lite.images import make_grid, save_png, to_uint8
 from paddlegan_lite.logger import RunLogger, log
@@ -101,6 +101,7 @@ class GANTrainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.loss_kind = cfg.train.loss
         self.num_classes = cfg.model.num_classes  # 0: unconditional
+        self.diffaugment = diffaugment_policies(cfg.train.diffaugment)  # [] when off
         # optimizer.lr_decay scales these (lr_multiplier included) every step
         self.base_lrs = (optG.get_lr(), optD.get_lr())
         self.state = TrainState.start(cfg, netG, netD, optG, optD)
@@ -159,11 +160,16 @@ class GANTrainer:
             while s.step < total_steps and not self.stop_requested():
                 sampler.set_epoch(s.epoch, s.batch_in_epoch)
                 for real, labels in self.make_loader(sampler):
-                    paddle.seed(s.step_seed())  # noise, dropout: a function of (seed, step)
                     self.set_learning_rates(total_steps)
+                    # this step's draws are a function of (seed, step), so a resumed run draws
+                    # what an uninterrupted one would: the noise (every rank the global batch's,
+                    # keeping its slice), then each rank its own (augmentation, dropout)
+                    paddle.seed(s.step_seed())
+                    z, gen_labels = self.sample_latent(real.shape[0])
+                    distributed.seed_per_rank(s.step_seed())
 
                     # (1) Update D: maximise log D(x) + log(1 - D(G(z))) (or the chosen loss)
-                    loss_d, d_real, d_fake, fake, gen_labels = self.d_step(real, labels)
+                    loss_d, d_real, d_fake, fake = self.d_step(real, labels, z, gen_labels)
 
                     # (2) Update G: maximise log D(G(z)), reusing the fake batch D just saw
                     loss_g = None
@@ -325,17 +331,16 @@ class GANTrainer:
             for ema_b, b in self._ema_buffers:
                 ema_b.set_value(b)
 
-    def d_step(self, real, labels):
-        z, gen_labels = self.sample_latent(real.shape[0])
-        distributed.seed_per_rank(self.state.step_seed())  # each rank its own dropout masks
+    def d_step(self, real, labels, z, gen_labels):
+        """One update of D on a real batch and G(z, gen_labels); returns (loss, D's mean output on
+        real and on fake, the fake batch for the G step)."""
         # through the DataParallel wrappers: this backward averages D's gradients over ranks, the
         # G step's backward (which reaches G through `fake`) averages G's
-        policy = self.cfg.train.diffaugment  # D sees only augmented images, real and fake
         with self.autocast():
             fake = self.generate(z, gen_labels, net=self.dp_netG)
-            real_in = diff_augment(real, policy)
+            real_in = diff_augment(real, self.diffaugment)  # D sees augmented images only
             real_out = self.dp_netD(real_in, self.condition(labels))
-            fake_in = diff_augment(fake.detach(), policy)
+            fake_in = diff_augment(fake.detach(), self.diffaugment)
             fake_out = self.dp_netD(fake_in, gen_labels)
         # losses, logs and checkpoints in float32 whatever precision D ran in (train.amp)
         loss, real_logits, fake_logits = self.d_objective(
@@ -347,7 +352,7 @@ class GANTrainer:
         self.backward_and_step(loss, self.state.optD, self.state.scalerD)
         d_real = d_output_mean(self.loss_kind, real_logits.detach())
         d_fake = d_output_mean(self.loss_kind, fake_logits.detach())
-        return loss.detach(), d_real, d_fake, fake, gen_labels
+        return loss.detach(), d_real, d_fake, fake
 
     def g_step(self, fake, gen_labels):
         # D's own layer, not its DataParallel wrapper: frozen D gets no weight gradients here,
@@ -356,7 +361,7 @@ class GANTrainer:
         with frozen(netD):
             with self.autocast():
                 # fresh draws; G's gradient flows back through the augmentation
-                fake_out = netD(diff_augment(fake, self.cfg.train.diffaugment), gen_labels)
+                fake_out = netD(diff_augment(fake, self.diffaugment), gen_labels)
             loss = self.g_objective(as_float32(fake_out), gen_labels)
             self.backward_and_step(loss, self.state.optG, self.state.scalerG)
         return loss.detach()
@@ -682,8 +687,6 @@ def build_trainer(cfg: Config, dataset) -> GANTrainer:
 def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
     """`--resume PATH`: a checkpoint folder, or a run folder (its newest complete checkpoint, as
     export and eval take it); `auto`: this run's newest, or None (say so)."""
-    from paddlegan_lite.export import resolve_checkpoint
-
     if not resume:
         return None
     if resume == "auto":
@@ -691,13 +694,16 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
         if found is None:
             log.info(f"--resume auto: no checkpoint in {run_dir / 'checkpoints'}, starting fresh")
         return found
-    return resolve_checkpoint(resume)
+    return ckpt.resolve_checkpoint(resume)
 
 
 def train(cfg: Config, resume: str | None = None) -> dict:
-    """Everything `tools/train.py` does: device, data, models, run folder, then `fit()`."""
+    """Everything `tools/train.py` does, in order: the machine, the run folder, the data, the
+    nets, then `fit()`."""
+    from paddlegan_lite.datasets import build_dataset
     from paddlegan_lite.runtime import select_device, use_cpu_threads, use_deterministic_kernels
 
+    # the machine: device, CPU threads, the checks that need them, the process group
     device = select_device(distributed.local_device(cfg.train.device))
     threads, threads_from = use_cpu_threads(cfg.train.threads)
     if cfg.train.deterministic:
@@ -706,17 +712,38 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     distributed.init(device)  # several processes (paddle.distributed.launch): join the group
     if not distributed.is_main():
         log.setLevel(logging.WARNING)  # rank 0 speaks for the run
+
+    # the run folder: this run's alone, and none of its checkpoints overwritten
     run_dir = Path(cfg.train.output_dir)
     resume_path = resolve_resume(resume, run_dir)  # every rank loads the same checkpoint
-    lock = claim_run_folder(run_dir)
-    try:
-        run_folder.check_no_overwrite(
-            run_dir / "checkpoints", ckpt.read_step(resume_path) if resume_path else None
+    with run_folder.claimed(run_dir):
+        resume_step = ckpt.read_step(resume_path) if resume_path else None
+        run_folder.check_no_overwrite(run_dir / "checkpoints", resume_step)
+
+        # the data and the nets. Every rank reads the data itself (a download is atomic per
+        # process): a rank-0-first barrier would outlast gloo's 30 s limit on a large decode
+        dataset = build_dataset(cfg.data, cfg.model.image_size, cfg.model.channels, train=True)
+        check_classes(cfg, dataset)
+        trainer = build_trainer(cfg, dataset)
+
+        if distributed.is_main():
+            run_folder.write_config(run_dir, dump_config(cfg))
+        log.info(f"config:\n{dump_config(cfg)}")
+        log.info(
+            f"device: {device}; CPU threads: {threads} ({threads_from}); data: {dataset.source}; "
+            f"run folder: {run_dir}"
         )
-        return _train_in(run_dir, cfg, device, resume_path, f"{threads} ({threads_from})")
-    finally:
-        if lock is not None:
-            lock.release()
+        if distributed.world_size() > 1:
+            log_data_parallel(cfg)
+        return trainer.fit(resume_from=resume_path)
+
+
+def check_classes(cfg: Config, dataset) -> None:
+    if cfg.model.num_classes and dataset.num_classes != cfg.model.num_classes:
+        raise UserError(
+            f"model.num_classes={cfg.model.num_classes} but the dataset has "
+            f"{dataset.num_classes} classes"
+        )
 
 
 def dry_run(cfg: Config) -> str:
@@ -735,48 +762,6 @@ def dry_run(cfg: Config) -> str:
         f"checks passed: device {device}, {distributed.world_size()} process(es), CPU threads "
         f"{threads} ({threads_from}), memory {memory}; run folder {cfg.train.output_dir}"
     )
-
-
-def claim_run_folder(run_dir: Path) -> run_folder.RunFolderLock | None:
-    """Rank 0 locks the run folder for this run; every rank learns if it could not."""
-    lock, refusal = None, None
-    if distributed.is_main():
-        try:
-            lock = run_folder.claim(run_dir)
-        except UserError as exc:
-            refusal = exc
-    if distributed.any_rank(refusal is not None):
-        raise refusal or UserError(f"rank 0 could not claim the run folder {run_dir}")
-    return lock
-
-
-def _train_in(run_dir: Path, cfg: Config, device: str, resume_path, threads: str) -> dict:
-    """The rest of `train` once the run folder is ours: data, nets, config.yaml, then `fit()`."""
-    from paddlegan_lite.datasets import build_dataset
-
-    # every rank reads the data itself (a download is atomic per process): a rank-0-first
-    # barrier would outlast gloo's 30 s limit on a download or a large decode
-    dataset = build_dataset(cfg.data, cfg.model.image_size, cfg.model.channels, train=True)
-    if cfg.model.num_classes and dataset.num_classes != cfg.model.num_classes:
-        raise UserError(
-            f"model.num_classes={cfg.model.num_classes} but the dataset has "
-            f"{dataset.num_classes} classes"
-        )
-    trainer = build_trainer(cfg, dataset)
-    if distributed.is_main():
-        try:
-            (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
-        except OSError as exc:
-            raise UserError(
-                f"train.output_dir={run_dir}: cannot write the run folder ({exc.strerror or exc})"
-            ) from None
-    log.info(f"config:\n{dump_config(cfg)}")
-    log.info(
-        f"device: {device}; CPU threads: {threads}; data: {dataset.source}; run folder: {run_dir}"
-    )
-    if distributed.world_size() > 1:
-        log_data_parallel(cfg)
-    return trainer.fit(resume_from=resume_path)
 
 
 def log_data_parallel(cfg: Config) -> None:

@@ -9,10 +9,16 @@ from helpers import tiny_cfg
 
 from paddlegan_lite import augment
 from paddlegan_lite.checkpoint import find_latest, load_checkpoint
-from paddlegan_lite.config import DIFFAUGMENT_POLICIES, ConfigError, load_config
+from paddlegan_lite.config import (
+    DIFFAUGMENT_POLICIES,
+    ConfigError,
+    diffaugment_policies,
+    load_config,
+)
 from paddlegan_lite.trainer import train
 
-ALL = "color,translation,cutout"
+ALL_TEXT = "color,translation,cutout"  # as train.diffaugment spells it
+ALL = ["color", "translation", "cutout"]  # as the trainer hands it to diff_augment
 
 
 def images(shape=(2, 3, 16, 16), seed=0):
@@ -75,7 +81,7 @@ def test_policy_names_match_the_config():
 
 def test_empty_policy_is_the_identity():
     x = images()
-    assert augment.diff_augment(x, "") is x
+    assert augment.diff_augment(x, []) is x
 
 
 def test_draws_are_fresh_per_call_and_follow_the_seed():
@@ -182,8 +188,9 @@ def test_config_refuses_an_unknown_policy(repo_root):
 
 
 def test_config_reads_a_policy_list(repo_root):
-    cfg = load_config(repo_root / "configs" / "dcgan_mnist.yaml", [f"train.diffaugment={ALL}"])
-    assert cfg.train.diffaugment == ALL
+    cfg = load_config(repo_root / "configs" / "dcgan_mnist.yaml", [f"train.diffaugment={ALL_TEXT}"])
+    assert cfg.train.diffaugment == ALL_TEXT
+    assert diffaugment_policies(cfg.train.diffaugment) == ALL
     assert load_config(repo_root / "configs" / "dcgan_mnist.yaml").train.diffaugment == ""
 
 
@@ -195,7 +202,7 @@ def test_training_with_diffaugment_is_finite_and_repeatable(mnist_root, tmp_path
         assert math.isfinite(last["loss_d"]) and math.isfinite(last["loss_g"])
         return load_checkpoint(find_latest(tmp_path / folder / "checkpoints"))[1]
 
-    a, b, plain = run("a", ALL), run("b", ALL), run("plain", "")
+    a, b, plain = run("a", ALL_TEXT), run("b", ALL_TEXT), run("plain", "")
     for part in ("netG", "netD"):
         for key in a[part]:
             np.testing.assert_array_equal(a[part][key], b[part][key])
