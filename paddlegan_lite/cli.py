@@ -44,6 +44,16 @@ def add_moved_flags(parser: argparse.ArgumentParser, moved: dict[str, str]) -> N
         parser.add_argument(f"--{name}", action=Moved, const=key, help=argparse.SUPPRESS)
 
 
+def predictor_parser(doc: str) -> argparse.ArgumentParser:
+    """The parser of a tool that runs an exported model, with its --model_dir; the tool adds its
+    own flags, then `add_predictor_args`."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model_dir", required=True, help="exported model folder")
+    return parser
+
+
 def add_predictor_args(parser: argparse.ArgumentParser) -> None:
     """The flags of a tool that runs an exported model: device, CPU threads, oneDNN."""
     parser.add_argument("--device", default="cpu", help="cpu (default), gpu or gpu:N")

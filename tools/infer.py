@@ -25,15 +25,12 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 from paddlegan_lite.ops.process import configure_process_env
 
 configure_process_env()  # before Paddle loads: MKL's fast path on AMD, allocator, quiet logs
-from paddlegan_lite.cli import add_predictor_args, run_tool
+from paddlegan_lite.cli import add_predictor_args, predictor_parser, run_tool
 from paddlegan_lite.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model_dir", required=True, help="exported model folder")
+    parser = predictor_parser(__doc__)
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--seeds", help="seeds to draw: 0-63, 1,5,9 or 0-3,10")
     what.add_argument(
