@@ -58,20 +58,26 @@ class TwiceDifferentiableSpectralNorm(SpectralNorm):
     differentiated again. Paddle 3.3's dot_grad has no grad op, so R1 and gradient penalties
     (which differentiate D's input gradient with respect to its weights) failed on every
     spectrally normalised D. The power iteration is Paddle's, unchanged (`compute_weight` of
-    the parent, run without gradient, updates u and v in place)."""
+    the parent, run without gradient, updates u and v in place).
+
+    All of it runs in float32 with autocast off: the hook fires inside D's forward, which
+    train.amp runs under auto_cast, whose O1 list would put the power iteration's matmuls in
+    float16 on a GPU (the u and v buffers are float32, and sigma's error would scale every
+    weight). Not run on a GPU here: on CPU auto_cast changes nothing."""
 
     def compute_weight(self, layer, do_power_iteration: bool):
-        if do_power_iteration:
-            with paddle.no_grad():
-                super().compute_weight(layer, do_power_iteration=True)
-        weight = getattr(layer, self.name + "_orig")
-        # copies: the next training-mode forward updates the buffers in place, and this
-        # forward's graph must keep the u and v it used (as Paddle's hook does)
-        u = getattr(layer, self.name + "_u").clone()
-        v = getattr(layer, self.name + "_v").clone()
-        weight_mat = self.reshape_weight_to_matrix(weight)
-        sigma = (u * paddle.matmul(weight_mat, v)).sum()
-        return weight / sigma
+        with paddle.amp.auto_cast(enable=False):
+            if do_power_iteration:
+                with paddle.no_grad():
+                    super().compute_weight(layer, do_power_iteration=True)
+            weight = getattr(layer, self.name + "_orig")
+            # copies: the next training-mode forward updates the buffers in place, and this
+            # forward's graph must keep the u and v it used (as Paddle's hook does)
+            u = getattr(layer, self.name + "_u").clone()
+            v = getattr(layer, self.name + "_v").clone()
+            weight_mat = self.reshape_weight_to_matrix(weight)
+            sigma = (u.unsqueeze(1) * weight_mat * v.unsqueeze(0)).sum()  # u^T W v
+            return weight / sigma
 
 
 __all__ = ["Dropout", "TwiceDifferentiableSpectralNorm", "UpsampleConv2D"]

@@ -11,6 +11,8 @@ import paddle.nn.functional as F
 import pytest
 from helpers import REPO_ROOT
 from paddle import nn
+from paddle.nn.utils import spectral_norm
+from paddle.nn.utils.spectral_norm_hook import SpectralNorm
 
 from paddlegan_lite import checkpoint as ckpt
 from paddlegan_lite import export
@@ -18,7 +20,7 @@ from paddlegan_lite.config import ConfigError, load_config
 from paddlegan_lite.datasets import build_dataset
 from paddlegan_lite.inference import Generator, seed_latents
 from paddlegan_lite.models import apply_spectral_norm, build_models
-from paddlegan_lite.models.layers import UpsampleConv2D
+from paddlegan_lite.models.layers import TwiceDifferentiableSpectralNorm, UpsampleConv2D
 from paddlegan_lite.ops import accelerate, onednn
 from paddlegan_lite.trainer import build_trainer, train
 
@@ -124,6 +126,31 @@ def test_normalised_weights_have_unit_spectral_norm(name):
             transposed = isinstance(layer, (nn.Conv2DTranspose, nn.Linear))
             sigma = np.linalg.svd(as_matrix(layer.weight.numpy(), transposed), compute_uv=False)[0]
             assert sigma == pytest.approx(1.0, abs=1e-2), type(layer).__name__
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: nn.Conv2D(3, 8, 4), lambda: nn.Conv2DTranspose(8, 3, 4), lambda: nn.Linear(6, 5)],
+)
+def test_twice_differentiable_sigma_equals_paddles(make):
+    """The hook build_models installs computes Paddle's own weight / sigma: the same power
+    iteration (u, v move identically) and sigma = u^T W v by other ops."""
+    paddle.seed(3)
+    ours, stock = make(), make()
+    stock.set_state_dict(ours.state_dict())
+    paddle.seed(4)  # the same random u and v for both hooks
+    apply_spectral_norm(ours)
+    (hook,) = ours._forward_pre_hooks.values()
+    assert isinstance(hook, TwiceDifferentiableSpectralNorm)
+    paddle.seed(4)
+    spectral_norm(stock, dim=0 if type(stock) is nn.Conv2D else 1)  # as apply_spectral_norm
+    (stock_hook,) = stock._forward_pre_hooks.values()
+    assert type(stock_hook) is SpectralNorm
+    for do_power_iteration in (True, True, False):
+        mine = hook.compute_weight(ours, do_power_iteration)
+        theirs = stock_hook.compute_weight(stock, do_power_iteration)
+        np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(ours.weight_u.numpy(), stock.weight_u.numpy())
 
 
 FAST_LAYERS = {  # (plain layer, input shape): each fast path of ops/layers.py, once accelerated
