@@ -57,8 +57,8 @@ class TwiceDifferentiableSpectralNorm(SpectralNorm):
     where Paddle computes dot(u, mv(W, v)): the same value, from ops whose gradients can be
     differentiated again. Paddle 3.3's dot_grad has no grad op, so R1 and gradient penalties
     (which differentiate D's input gradient with respect to its weights) failed on every
-    spectrally normalised D. The power iteration is Paddle's, unchanged (`compute_weight` of
-    the parent, run without gradient, updates u and v in place).
+    spectrally normalised D. The power iteration is Paddle's (the same ops, u and v updated in
+    place without gradient).
 
     All of it runs in float32 with autocast off: the hook fires inside D's forward, which
     train.amp runs under auto_cast, whose O1 list would put the power iteration's matmuls in
@@ -66,16 +66,20 @@ class TwiceDifferentiableSpectralNorm(SpectralNorm):
     weight). Not run on a GPU here: on CPU auto_cast changes nothing."""
 
     def compute_weight(self, layer, do_power_iteration: bool):
+        weight = getattr(layer, self.name + "_orig")
+        u, v = getattr(layer, self.name + "_u"), getattr(layer, self.name + "_v")
         with paddle.amp.auto_cast(enable=False):
+            weight_mat = self.reshape_weight_to_matrix(weight)
             if do_power_iteration:
                 with paddle.no_grad():
-                    super().compute_weight(layer, do_power_iteration=True)
-            weight = getattr(layer, self.name + "_orig")
+                    for _ in range(self.n_power_iterations):
+                        wt_u = paddle.matmul(weight_mat, u, transpose_x=True)
+                        paddle.assign(F.normalize(wt_u, axis=0, epsilon=self.eps), v)
+                        w_v = paddle.matmul(weight_mat, v)
+                        paddle.assign(F.normalize(w_v, axis=0, epsilon=self.eps), u)
             # copies: the next training-mode forward updates the buffers in place, and this
             # forward's graph must keep the u and v it used (as Paddle's hook does)
-            u = getattr(layer, self.name + "_u").clone()
-            v = getattr(layer, self.name + "_v").clone()
-            weight_mat = self.reshape_weight_to_matrix(weight)
+            u, v = u.clone(), v.clone()
             sigma = (u.unsqueeze(1) * weight_mat * v.unsqueeze(0)).sum()  # u^T W v
             return weight / sigma
 
