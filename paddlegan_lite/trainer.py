@@ -38,6 +38,7 @@ from paddlegan_lite.losses import (
     gradient_penalty,
     r1_penalty,
 )
+from paddlegan_lite.models.layers import double_backward_mode
 from paddlegan_lite.train_state import TrainState, sample_grid_nrow
 
 # ops auto_cast(fp16) runs in float16 beyond Paddle's own O1 white list (see GANTrainer.autocast)
@@ -408,7 +409,7 @@ class GANTrainer:
             return None
 
         def adversarial_logits(x):  # AC-GAN's class logits are not penalised
-            with self.autocast():
+            with self.autocast(), double_backward_mode(self.netD):  # fast BatchNorm double grad
                 out = self.dp_netD(x, labels)
             return split_d_output(as_float32(out))[0]
 

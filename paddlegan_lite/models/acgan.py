@@ -9,7 +9,7 @@ import math
 import paddle
 from paddle import nn
 
-from paddlegan_lite.models.layers import Dropout, UpsampleConv2D
+from paddlegan_lite.models.layers import BatchNorm2D, Dropout, UpsampleConv2D
 
 
 def _same_stride2(size: int) -> int:
@@ -63,7 +63,8 @@ class ACGANDiscriminator(nn.Layer):
     """images [N, C, H, W] -> (real/fake logits [N], class logits [N, num_classes]).
 
     Twice differentiable for gradient penalties: Dropout is layers.Dropout, and reshape stands
-    for flatten (Paddle 3.3 has no double grad for either stock op).
+    for flatten (Paddle 3.3 has no double grad for either stock op); BatchNorm2D is layers'
+    (Paddle's batch norm double grad is slow on CPU).
     """
 
     def __init__(self, ndf=16, channels=1, image_size=28, num_classes=10, dropout=0.25):
@@ -79,11 +80,11 @@ class ACGANDiscriminator(nn.Layer):
             nn.Pad2D([0, 1, 0, 1]),  # Keras ZeroPadding2D(((0, 1), (0, 1))): 7x7 -> 8x8 on MNIST
             nn.LeakyReLU(0.2),
             Dropout(dropout),
-            nn.BatchNorm2D(2 * ndf, momentum=0.8),
+            BatchNorm2D(2 * ndf, momentum=0.8),
             nn.Conv2D(2 * ndf, 4 * ndf, 3, stride=2, padding=1),
             nn.LeakyReLU(0.2),
             Dropout(dropout),
-            nn.BatchNorm2D(4 * ndf, momentum=0.8),
+            BatchNorm2D(4 * ndf, momentum=0.8),
             nn.Conv2D(4 * ndf, 8 * ndf, 3, stride=1, padding=1),
             nn.LeakyReLU(0.2),
             Dropout(dropout),

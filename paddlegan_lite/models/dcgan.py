@@ -10,6 +10,8 @@ import math
 
 from paddle import nn
 
+from paddlegan_lite.models.layers import BatchNorm2D
+
 
 def num_doublings(image_size: int) -> int:
     """Stride-2 layers between a 4x4 map and image_size x image_size."""
@@ -63,7 +65,7 @@ class DCGANDiscriminator(nn.Layer):
         for _ in range(n - 1):
             layers += [
                 nn.Conv2D(width, width * 2, 4, 2, 1, bias_attr=False),
-                nn.BatchNorm2D(width * 2),
+                BatchNorm2D(width * 2),  # layers.BatchNorm2D: penalties differentiate it twice
                 nn.LeakyReLU(0.2),
             ]  # each: channels double, side halves
             width *= 2

@@ -1,10 +1,12 @@
-"""Layers the models need beyond Paddle's own: an upsample-then-conv unit, and a dropout and a
-spectral norm whose gradients can be differentiated again. All are plain Paddle math; the faster
-CPU twins of Paddle's layers and of the upsampling conv live in paddlegan_lite/ops and are
-swapped in by `ops.accelerate(net)`.
+"""Layers the models need beyond Paddle's own: an upsample-then-conv unit, and a batch norm, a
+dropout and a spectral norm whose gradients can be differentiated again (quickly). All are plain
+Paddle math; the faster CPU twins of Paddle's layers and of the upsampling conv live in
+paddlegan_lite/ops and are swapped in by `ops.accelerate(net)`.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import paddle
 import paddle.nn.functional as F
@@ -52,6 +54,54 @@ class Dropout(nn.Dropout):
         return x * mask
 
 
+class BatchNorm2D(nn.BatchNorm2D):
+    """nn.BatchNorm2D for the discriminators, whose training-mode forward can also be made of
+    mean, variance and elementwise ops: R1 and gradient penalties differentiate D's input
+    gradient again, and Paddle 3.3's CPU batch_norm_double_grad made a penalised DCGAN D step
+    about 100x slower than an unpenalised one (91% of its time in that one kernel). The
+    penalties run their own forward of D inside `double_backward_mode(D)`; every other forward
+    runs the stock op, which is faster for first-order gradients (Paddle's CPU gradients of
+    broadcasting elementwise ops are slow).
+
+    Same parameters, buffers and checkpoint keys as nn.BatchNorm2D. The elementwise path
+    normalises with the batch's mean and biased variance as Paddle's kernel does, and leaves
+    the running statistics alone: the penalties' forward looks again at images D's loss has
+    just seen (whose forward updated them), and an in-place update there would also invalidate
+    that forward's saved tensors. It runs in float32 with autocast off (Paddle's kernel keeps
+    its statistics in float32 when train.amp feeds it float16); the output has the input's
+    dtype."""
+
+    elementwise = False  # set by double_backward_mode
+
+    def forward(self, x):
+        if not (self.elementwise and self.training) or self._use_global_stats:
+            return super().forward(x)
+        with paddle.amp.auto_cast(enable=False):
+            x32 = x.astype("float32")
+            # sum / count: Paddle's CPU mean_grad is several times slower than sum_grad
+            count = x.shape[0] * x.shape[2] * x.shape[3]
+            mean = x32.sum(axis=[0, 2, 3], keepdim=True) / count
+            centred = x32 - mean
+            var = (centred * centred).sum(axis=[0, 2, 3], keepdim=True) / count
+            y = centred * paddle.rsqrt(var + self._epsilon)
+            y = y * self.weight.reshape([1, -1, 1, 1]) + self.bias.reshape([1, -1, 1, 1])
+        return y.astype(x.dtype)
+
+
+@contextlib.contextmanager
+def double_backward_mode(net: nn.Layer):
+    """Within it, net's BatchNorm2D layers compute with ops whose gradients Paddle
+    differentiates again quickly (the penalties' forward of D, losses.py)."""
+    norms = [layer for layer in net.sublayers(include_self=True) if isinstance(layer, BatchNorm2D)]
+    for layer in norms:
+        layer.elementwise = True
+    try:
+        yield
+    finally:
+        for layer in norms:
+            layer.elementwise = False
+
+
 class TwiceDifferentiableSpectralNorm(SpectralNorm):
     """Paddle's spectral-norm hook (paddle.nn.utils.spectral_norm) with sigma = sum(u * W v)
     where Paddle computes dot(u, mv(W, v)): the same value, from ops whose gradients can be
@@ -84,4 +134,10 @@ class TwiceDifferentiableSpectralNorm(SpectralNorm):
             return weight / sigma
 
 
-__all__ = ["Dropout", "TwiceDifferentiableSpectralNorm", "UpsampleConv2D"]
+__all__ = [
+    "BatchNorm2D",
+    "Dropout",
+    "double_backward_mode",
+    "TwiceDifferentiableSpectralNorm",
+    "UpsampleConv2D",
+]

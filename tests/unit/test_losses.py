@@ -12,6 +12,7 @@ from helpers import assert_close, tiny_cfg
 from paddlegan_lite.config import ConfigError, load_config
 from paddlegan_lite.losses import d_loss, d_output_mean, g_loss, gradient_penalty, r1_penalty
 from paddlegan_lite.models import build_models
+from paddlegan_lite.models.layers import BatchNorm2D, double_backward_mode
 from paddlegan_lite.ops import accelerate
 from paddlegan_lite.trainer import train
 
@@ -126,7 +127,9 @@ def test_r1_is_zero_for_a_constant_discriminator():
 
 @pytest.mark.parametrize("which", ["gp", "r1"])
 def test_penalties_through_dcgan_d_match_stock_layers(repo_root, which):
-    """The accelerated D's (oneDNN) double backward equals the plain D's (Paddle's layers)."""
+    """The penalty and its weight gradients through D as the trainer runs it (oneDNN layers, the
+    BatchNorms in double_backward_mode's elementwise form) equal those through Paddle's stock
+    layers and batch_norm op (its slow CPU double grad: fine at this size)."""
     cfg = load_config(
         repo_root / "configs" / "dcgan_mnist.yaml",
         ["model.ngf=4", "model.ndf=4", "model.image_size=32"],
@@ -134,14 +137,21 @@ def test_penalties_through_dcgan_d_match_stock_layers(repo_root, which):
     rng = np.random.default_rng(1)
     real, fake = t(rng.standard_normal([4, 1, 32, 32])), t(rng.standard_normal([4, 1, 32, 32]))
 
-    def run(prepare):
+    def run(prepare, elementwise_norms):
         paddle.seed(5)
         netD = prepare(build_models(cfg.model)[1])
-        paddle.seed(6)  # the same eps draw both times
+
+        def logits(x):
+            if not elementwise_norms:
+                return netD(x)
+            with double_backward_mode(netD):
+                return netD(x)
+
+        paddle.seed(6)  # the same eps draw every time
         if which == "gp":
-            value = gradient_penalty(netD, real, fake, weight=10.0)
+            value = gradient_penalty(logits, real, fake, weight=10.0)
         else:
-            value = r1_penalty(netD, real, gamma=1.0)
+            value = r1_penalty(logits, real, gamma=1.0)
         params = [p for p in netD.parameters() if not p.stop_gradient]
         # allow_unused: a parameter the input gradient does not depend on gets None
         grads = paddle.grad(value, params, allow_unused=True)
@@ -149,12 +159,29 @@ def test_penalties_through_dcgan_d_match_stock_layers(repo_root, which):
             np.zeros(p.shape) if g is None else g.numpy() for g, p in zip(grads, params)
         ]
 
-    fast = run(accelerate)
-    stock = run(lambda net: net)
-    assert len(fast) == len(stock) > 2
-    assert float(stock[0]) > 0
-    for a, b in zip(fast, stock):
-        assert_close(a, b)
+    stock = run(lambda net: net, elementwise_norms=False)
+    assert len(stock) > 2 and float(stock[0]) > 0
+    for prepare, elementwise_norms in [(accelerate, True), (lambda net: net, True)]:
+        got = run(prepare, elementwise_norms)
+        assert len(got) == len(stock)
+        for a, b in zip(got, stock):
+            assert_close(a, b)
+
+
+def test_the_trainer_penalises_d_with_elementwise_batch_norms(mnist_root, tmp_path, monkeypatch):
+    """Every forward of D's BatchNorms inside the penalty is the elementwise one (Paddle's CPU
+    batch_norm_double_grad made such a step ~20x slower), every other the stock op."""
+    seen = []
+    forward = BatchNorm2D.forward
+
+    def spy(layer, x):
+        seen.append(layer.elementwise)
+        return forward(layer, x)
+
+    monkeypatch.setattr(BatchNorm2D, "forward", spy)
+    cfg = tiny_cfg("dcgan_mnist", mnist_root, tmp_path, "train.max_steps=2", "train.r1_gamma=1")
+    train(cfg)
+    assert any(seen) and not all(seen)  # both kinds of forward ran
 
 
 @pytest.mark.parametrize(
