@@ -62,11 +62,14 @@ CONFIGS = (
     "sngan_cifar10_cond",
 )
 DIFFAUGMENT = "train.diffaugment=color,translation,cutout"
+R1 = ["train.r1_gamma=0.1", "train.r1_interval=4"]
 # "<config>+<variant>": the config with these overrides (the rows of the README's CIFAR table)
 VARIANTS = {
     "da": [DIFFAUGMENT],  # DiffAugment (Zhao et al. 2020)
     "sn": ["model.spectral_norm=d"],  # spectral norm on D (Miyato et al. 2018)
     "sn+da": ["model.spectral_norm=d", DIFFAUGMENT],
+    "r1": R1,  # R1 on real images (Mescheder et al. 2018), lazy
+    "sn+r1": ["model.spectral_norm=d", *R1],
 }
 # pytorch/examples dcgan/main.py's defaults, as a bench/torch_reference.py config
 EXAMPLES_DCGAN = {
