@@ -516,6 +516,9 @@ def check_eval_options(options: EvalConfig, source: str = "eval options") -> Non
     _check_eval(options, source, evaluating=True)
 
 
+D_BATCHNORM = ("dcgan", "acgan")  # the families whose discriminator has BatchNorm layers
+
+
 def check_run(cfg: Config, device: str, world_size: int) -> None:
     """The checks that need the machine: the device the run resolved to ("cpu" or "gpu...") and
     the number of processes. tools/train.py (also with --dry-run) calls this before training."""
@@ -534,6 +537,16 @@ def check_run(cfg: Config, device: str, world_size: int) -> None:
         raise ConfigError(
             "distributed.sync_bn needs GPUs: Paddle's SyncBatchNorm has no CPU kernel; "
             "set distributed.sync_bn=false"
+        )
+    penalised = cfg.train.gp_weight > 0 or cfg.train.r1_gamma > 0
+    if cfg.distributed.sync_bn and world_size > 1 and penalised and cfg.model.name in D_BATCHNORM:
+        # SyncBatchNorm replaces D's BatchNorm2D (models/layers.py) and Paddle 3.3 has no
+        # SyncBatchNorm double grad: the first penalised D step would fail on the GPUs
+        raise ConfigError(
+            f"distributed.sync_bn with train.gp_weight or train.r1_gamma: {cfg.model.name}'s D "
+            "has BatchNorm, and the penalties differentiate it twice, which Paddle's "
+            "SyncBatchNorm cannot; set distributed.sync_bn=false (each GPU's D normalises its "
+            "own batch) or use model.name=sngan (no BatchNorm in D)"
         )
 
 

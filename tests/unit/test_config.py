@@ -15,6 +15,7 @@ from paddlegan_lite.config import (
     ModelConfig,
     check_eval_options,
     check_overrides,
+    check_run,
     config_from_dict,
     config_to_dict,
     estimate_memory,
@@ -458,3 +459,18 @@ def test_a_base_name_too_long_for_the_file_system(tmp_path):
     with pytest.raises(ConfigError, match=r"a.yaml: _base_ 'bbb.*' not found") as err:
         load_config(config)
     assert len(str(err.value)) < 500
+
+
+@pytest.mark.parametrize("penalty", ["train.r1_gamma=0.1", "train.gp_weight=10"])
+def test_sync_bn_with_a_penalty_is_refused_where_d_has_batch_norm(repo_root, penalty):
+    """Paddle has no SyncBatchNorm double grad: on several GPUs the first penalised D step of a
+    DCGAN or AC-GAN would fail. Refused before training; SNGAN's D has no BatchNorm."""
+    on = ["distributed.sync_bn=true", penalty]
+    for name in ("dcgan_mnist", "acgan_mnist"):
+        cfg = load_config(repo_root / "configs" / f"{name}.yaml", on)
+        with pytest.raises(ConfigError, match=r"distributed.sync_bn with train.gp_weight or"):
+            check_run(cfg, "gpu:0", world_size=2)
+        check_run(cfg, "gpu:0", world_size=1)  # one process: nothing is synchronised
+        no_penalty = load_config(repo_root / "configs" / f"{name}.yaml", on[:1])
+        check_run(no_penalty, "gpu:0", world_size=2)
+    check_run(load_config(repo_root / "configs" / "sngan_cifar10.yaml", on), "gpu:0", 2)
