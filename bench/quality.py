@@ -6,6 +6,7 @@ floor that real held-out images reach.
   python bench/quality.py --configs dcgan_mnist --minutes 4 --evals 4 --torch_reference 32
   python bench/quality.py --configs dcgan_cifar10_32 dcgan_cifar10_32+da sngan_cifar10 \\
       --minutes 8 --cifar_root ../shared/data/cifar10-mini  # the real 4,000-image subset
+  python bench/quality.py --configs dcgan_cifar10 --score_size 32  # 64x64, the 32x32 features
 
 Each config trains on its own schedule (its epochs) unless --steps or --minutes says otherwise.
 --minutes M gives every run the same wall-clock budget: it trains in --evals segments of M/evals
@@ -101,6 +102,13 @@ def main() -> int:
     parser.add_argument("--inception_weights", default=None)
     parser.add_argument("--cifar_root", default=str(REPO_ROOT.parent / "shared/data/cifar10-mini"))
     parser.add_argument("--output_dir", default="bench_output")
+    parser.add_argument(
+        "--score_size",
+        type=int,
+        default=0,
+        help="score samples area-resized to this side (32: a 64x64 config with the 32x32 "
+        "configs' extractor, in one table)",
+    )
     parser.add_argument(
         "--torch_reference", type=int, nargs="?", const=32, default=0, metavar="SIZE",
         help="see above",
@@ -230,8 +238,28 @@ def evaluate_run(run_dir: Path, args):
         has_ema = bool(load_checkpoint(path)[1].get("netG_ema"))
         for weights in ("raw", "ema") if has_ema else ("raw",):
             model = eval_report.load_checkpoint_model(path, device="auto", weights=weights)
+            if args.score_size and args.score_size != model.image_shape[-1]:
+                model = downsampled(model, args.score_size)
             report = score(model, config_from_dict(model.config).data, args)
             yield step, "EMA" if weights == "ema" else "G", report
+
+
+def downsampled(model, side: int):
+    """The model with its samples area-resized to side x side, so that a 64x64 generator (the
+    flagship dcgan_cifar10) is scored against the 32x32 real images with the same extractor as
+    the 32x32 configs (the classifier sees 32x32 images either way: extractors.CLASSIFIER_SIDE)."""
+    import dataclasses
+
+    import paddle
+    import paddle.nn.functional as F
+
+    def generate(z, labels):
+        images = paddle.to_tensor(model.generate_fn(z, labels))
+        return F.interpolate(images, size=[side, side], mode="area").numpy()
+
+    info = {**model.info, "scored_at": side}
+    shape = (model.image_shape[0], side, side)
+    return dataclasses.replace(model, generate_fn=generate, image_shape=shape, info=info)
 
 
 def score(model, data_cfg, args) -> dict:

@@ -62,3 +62,15 @@ def test_the_mode_is_switched_off_again_after_an_error():
         assert all(layer.elementwise for layer in net.sublayers() if isinstance(layer, BatchNorm2D))
         raise RuntimeError("boom")
     assert not any(getattr(layer, "elementwise", False) for layer in net.sublayers())
+
+
+def test_elementwise_mode_takes_half_precision_input_as_amp_gives_it():
+    """Under train.amp (O1) D's convs hand the BatchNorm float16 on a GPU: statistics in float32,
+    output float16 (simulated on CPU; not run on a GPU)."""
+    stock, ours = pair()
+    x = paddle.to_tensor(np.random.default_rng(4).normal(1, 2, [4, 3, 3, 3]), "float32")
+    half = x.astype("float16")
+    with double_backward_mode(ours):
+        out = ours(half)
+    assert out.dtype == paddle.float16
+    assert_close(out.astype("float32").numpy(), stock(half.astype("float32")).numpy(), rtol=2e-3)
