@@ -61,6 +61,8 @@ CONFIGS = (
     "dcgan_cifar10_32",
     "sngan_cifar10",
     "sngan_cifar10_cond",
+    "acgan_cifar10",
+    "dcgan_cifar10_32_cond",
 )
 DIFFAUGMENT = "train.diffaugment=color,translation,cutout"
 R1 = ["train.r1_gamma=0.1", "train.r1_interval=4"]

@@ -58,7 +58,7 @@ class ModelConfig:
     ngf: int = 64  # generator width (DCGAN: filters of the last hidden layer)
     ndf: int = 64  # discriminator width (DCGAN: filters of the first layer)
     hidden: int = 256  # MLP GAN hidden units
-    num_classes: int = 0  # classes of a conditional model: acgan >= 2; sngan 0 (off) or >= 2
+    num_classes: int = 0  # classes of a conditional model: acgan >= 2; dcgan, sngan 0 (off) or >= 2
     init_std: float = 0.02  # N(0, init_std) init of conv weights (DCGAN paper); 0 keeps Paddle's
     spectral_norm: str = ""  # "" off | d: D's conv/linear weights | gd: G's too (Miyato 2018)
 
@@ -447,12 +447,14 @@ def _check_values(cfg: Config, source: str) -> None:
         )
     if m.name == "acgan" and m.num_classes < 2:
         raise ConfigError(f"{source}: 'model.num_classes' must be >= 2 for acgan")
-    if m.name == "sngan" and m.num_classes == 1:
+    if m.name in ("dcgan", "sngan") and m.num_classes == 1:
         raise ConfigError(
-            f"{source}: 'model.num_classes' must be 0 (unconditional) or >= 2 for sngan, got 1"
+            f"{source}: 'model.num_classes' must be 0 (unconditional) or >= 2 for {m.name}, got 1"
         )
-    if m.name not in ("acgan", "sngan") and m.num_classes:
-        raise ConfigError(f"{source}: 'model.num_classes' is only for acgan and sngan; set it to 0")
+    if m.name == "mlp_gan" and m.num_classes:
+        raise ConfigError(
+            f"{source}: 'model.num_classes' is for acgan, dcgan and sngan; set it to 0 for mlp_gan"
+        )
     size = m.image_size  # what models/*.py can build: one stride-2 layer per doubling
     if m.name in ("dcgan", "sngan") and (size < 8 or size & (size - 1)):
         raise ConfigError(
@@ -561,7 +563,7 @@ DATASET_IMAGES = {"mnist": 60_000, "cifar10": 50_000}
 # The model keys that set the sizes below, named in the error so the user sees what to lower.
 SIZE_KEYS = {
     "mlp_gan": ("image_size", "nz", "hidden"),
-    "dcgan": ("image_size", "nz", "ngf", "ndf"),
+    "dcgan": ("image_size", "nz", "ngf", "ndf", "num_classes"),
     "acgan": ("image_size", "nz", "ngf", "ndf", "num_classes"),
     "sngan": ("image_size", "nz", "ngf", "ndf", "num_classes"),
 }
@@ -613,7 +615,10 @@ def check_memory(cfg: Config, source: str, training: bool = True) -> None:
     if need <= limit:
         return
     m = cfg.model
-    keys = ", ".join(f"model.{key}={getattr(m, key)}" for key in SIZE_KEYS[m.name])
+    sizes = [(key, getattr(m, key)) for key in SIZE_KEYS[m.name]]
+    keys = ", ".join(
+        f"model.{key}={value}" for key, value in sizes if key != "num_classes" or value
+    )
     if training:
         parts = (
             f"parameters {_bytes_text(est.parameter_bytes)}, activations "
@@ -661,13 +666,16 @@ def _mlp_gan_sizes(m: ModelConfig) -> tuple[int, int, int, int]:
 
 def _dcgan_sizes(m: ModelConfig) -> tuple[int, int, int, int]:
     """The same for dcgan.py: 4x4 kernels without bias; a BatchNorm has 4 parameters per channel
-    (scale, shift, and the running mean and variance, which Paddle keeps as parameters too)."""
+    (scale, shift, and the running mean and variance, which Paddle keeps as parameters too),
+    plus a gain and a shift per class in a conditional G; D's projection embedding (a 4x4 map
+    per class) when num_classes > 0."""
     n = m.image_size.bit_length() - 3  # stride-2 layers between 4x4 and image_size
-    pixels = m.channels * m.image_size**2
+    k, pixels = m.num_classes, m.channels * m.image_size**2
+    bn = 4 + 2 * k  # per channel of each BatchNorm in G (k = 0: unconditional)
     width, side = m.ngf * 2 ** (n - 1), 4  # G's first map: (ngf * 2^(n-1)) x 4 x 4
-    params_g, maps_g = m.nz * width * 16 + 4 * width, width * side**2
+    params_g, maps_g = m.nz * width * 16 + bn * width, width * side**2
     for _ in range(n - 1):  # channels halve, side doubles
-        params_g += width * (width // 2) * 16 + 4 * (width // 2)
+        params_g += width * (width // 2) * 16 + bn * (width // 2)
         width, side = width // 2, side * 2
         maps_g += width * side**2
     params_g += width * m.channels * 16
@@ -678,7 +686,7 @@ def _dcgan_sizes(m: ModelConfig) -> tuple[int, int, int, int]:
         params_d += width * 2 * width * 16 + 4 * (2 * width)
         width, side = width * 2, side // 2
         maps_d += width * side**2
-    params_d += width * 16  # the 4x4 -> 1 logit layer
+    params_d += (1 + k) * width * 16  # the 4x4 -> 1 logit layer, the projection embedding
     return params_g, params_d, maps_g, maps_d + 1
 
 

@@ -53,6 +53,7 @@ TINY = {  # the shipped configs at tiny widths: the layers are the real ones
     "acgan_mnist": ["model.ngf=8", "model.ndf=4"],
     # the conditional SNGAN (projection D) on the gray digits
     "sngan_cifar10_cond": ["model.ngf=8", "model.ndf=8", "data.name=mnist", "model.channels=1"],
+    "dcgan_cifar10_32_cond": ["model.ngf=8", "model.ndf=8", "data.name=mnist", "model.channels=1"],
 }
 
 

@@ -29,8 +29,8 @@ def _mlp_gan(m: ModelConfig):
 
 def _dcgan(m: ModelConfig):
     return (
-        DCGANGenerator(m.nz, m.ngf, m.channels, m.image_size),
-        DCGANDiscriminator(m.ndf, m.channels, m.image_size),
+        DCGANGenerator(m.nz, m.ngf, m.channels, m.image_size, m.num_classes),
+        DCGANDiscriminator(m.ndf, m.channels, m.image_size, m.num_classes),
     )
 
 

@@ -1,7 +1,9 @@
 """DCGAN (Radford et al. 2015): transposed-conv generator, strided-conv discriminator.
 
 Image size is a parameter (a power of two >= 8): one stride-2 layer per doubling, so the MNIST
-64x64 and CIFAR-10 configs are the same code at different sizes.
+64x64 and CIFAR-10 configs are the same code at different sizes. With num_classes > 0 the pair is
+class-conditional as SNGAN's (Miyato & Koyama 2018): conditional BatchNorm in G, a projection D;
+the unconditional nets keep their layers and checkpoint keys.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import math
 
 from paddle import nn
 
-from paddlegan_lite.models.layers import BatchNorm2D
+from paddlegan_lite.models.layers import BatchNorm2D, batch_norm_2d, class_labels, normalise
 
 
 def num_doublings(image_size: int) -> int:
@@ -22,26 +24,35 @@ def num_doublings(image_size: int) -> int:
 
 
 class DCGANGenerator(nn.Layer):
-    """z [N, nz] -> images [N, channels, image_size, image_size] in [-1, 1]."""
+    """(z [N, nz], labels int64 [N] or None) -> images [N, channels, image_size, image_size] in
+    [-1, 1]. Unconditional when num_classes is 0 (labels are then ignored); otherwise each
+    BatchNorm is a ConditionalBatchNorm2D (a gain and a shift per class) and labels are required.
+    """
 
-    num_classes = 0
-
-    def __init__(self, nz: int = 100, ngf: int = 64, channels: int = 3, image_size: int = 64):
+    def __init__(
+        self,
+        nz: int = 100,
+        ngf: int = 64,
+        channels: int = 3,
+        image_size: int = 64,
+        num_classes: int = 0,
+    ):
         super().__init__()
         self.nz = nz
+        self.num_classes = num_classes
         self.image_shape = (channels, image_size, image_size)
         n = num_doublings(image_size)
         width = ngf * 2 ** (n - 1)
         layers = [
             # input is z as a 1x1 map, going into a 4x4 transposed convolution
             nn.Conv2DTranspose(nz, width, 4, 1, 0, bias_attr=False),
-            nn.BatchNorm2D(width),
+            batch_norm_2d(width, num_classes),
             nn.ReLU(),
         ]  # state size. (ngf * 2^(n-1)) x 4 x 4
         for _ in range(n - 1):
             layers += [
                 nn.Conv2DTranspose(width, width // 2, 4, 2, 1, bias_attr=False),
-                nn.BatchNorm2D(width // 2),
+                batch_norm_2d(width // 2, num_classes),
                 nn.ReLU(),
             ]  # each: channels halve, side doubles
             width //= 2
@@ -49,15 +60,25 @@ class DCGANGenerator(nn.Layer):
         layers += [nn.Conv2DTranspose(width, channels, 4, 2, 1, bias_attr=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)
 
-    def forward(self, z, labels=None):  # unconditional: labels are not used
-        return self.main(z.reshape([-1, self.nz, 1, 1]))
+    def forward(self, z, labels=None):
+        x = z.reshape([-1, self.nz, 1, 1])
+        if not self.num_classes:
+            return self.main(x)
+        labels = class_labels(labels, "generator")
+        for layer in self.main.children():
+            x = normalise(layer, x, labels)
+        return x
 
 
 class DCGANDiscriminator(nn.Layer):
-    """images [N, channels, image_size, image_size] -> real/fake logits [N]."""
+    """(images [N, channels, image_size, image_size], labels int64 [N] or None) -> real/fake
+    logits [N]. With num_classes > 0 a projection D: the logit gains <embed(label), h>, h the
+    flattened last feature map that the final 4x4 conv reads (a class-specific final conv), and
+    labels are required; with 0 labels are ignored."""
 
-    def __init__(self, ndf: int = 64, channels: int = 3, image_size: int = 64):
+    def __init__(self, ndf: int = 64, channels: int = 3, image_size: int = 64, num_classes=0):
         super().__init__()
+        self.num_classes = num_classes
         n = num_doublings(image_size)
         # input is (channels) x image_size x image_size; no BatchNorm on the first layer (paper)
         layers = [nn.Conv2D(channels, ndf, 4, 2, 1, bias_attr=False), nn.LeakyReLU(0.2)]
@@ -72,9 +93,22 @@ class DCGANDiscriminator(nn.Layer):
         # state size. (ndf * 2^(n-1)) x 4 x 4 -> one logit
         layers += [nn.Conv2D(width, 1, 4, 1, 0, bias_attr=False)]
         self.main = nn.Sequential(*layers)
+        if num_classes > 0:
+            # one [width x 4 x 4] vector per class, drawn as DCGAN draws the final conv's weight
+            self.embed = nn.Embedding(num_classes, width * 16)
+            nn.initializer.Normal(0.0, 0.02)(self.embed.weight)
 
     def forward(self, x, labels=None):
-        return self.main(x).reshape([-1])  # reshape: flatten has no double grad (penalties)
+        if not self.num_classes:
+            return self.main(x).reshape([-1])  # reshape: flatten has no double grad (penalties)
+        *features, final = self.main.children()
+        h = x
+        for layer in features:
+            h = layer(h)
+        logits = final(h).reshape([-1])
+        # projection: the class enters as an inner product with the features
+        h = h.reshape([h.shape[0], -1])
+        return logits + (self.embed(class_labels(labels, "discriminator")) * h).sum(axis=1)
 
 
 def init_weights(net: nn.Layer, std: float = 0.02) -> None:
@@ -87,6 +121,7 @@ def init_weights(net: nn.Layer, std: float = 0.02) -> None:
     for layer in net.sublayers():
         if isinstance(layer, (nn.Conv2D, nn.Conv2DTranspose, nn.Linear)):
             normal(layer.weight)
+
         elif isinstance(layer, (nn.BatchNorm2D, nn.BatchNorm1D)):
             if layer.weight is None or layer.weight.stop_gradient:  # a fixed affine part
                 continue  # (SNGAN's conditional BatchNorm: the class's gain and shift follow)

@@ -102,6 +102,53 @@ def double_backward_mode(net: nn.Layer):
             layer.elementwise = False
 
 
+def class_labels(labels, net: str):
+    """Class labels as int64 [N] (from [N] or [N, 1]); refused when missing (a conditional net)."""
+    if labels is None:
+        raise ValueError(f"this {net} is class-conditional: pass labels (int64 [N])")
+    return labels.reshape([-1])
+
+
+class ConditionalBatchNorm2D(nn.Layer):
+    """BatchNorm2D with no learned scale and shift, then the label's: y = gamma[label] * bn(x) +
+    beta[label], gamma and beta [num_classes, C] embeddings initialised to 1 and 0 (the
+    conditional generators of SNGAN and DCGAN).
+
+    x [N, C, H, W], labels int64 [N] -> [N, C, H, W].
+    """
+
+    def __init__(self, num_features: int, num_classes: int):
+        super().__init__()
+        self.num_features = num_features
+        # its own scale and shift held at 1 and 0 rather than absent: Paddle Inference's
+        # conv2d_transpose_bias_bn fuse pass fails on a batch_norm without them (PIR, 3.3.1)
+        fixed = lambda value: paddle.ParamAttr(  # noqa: E731
+            initializer=nn.initializer.Constant(value), trainable=False
+        )
+        self.bn = nn.BatchNorm2D(num_features, weight_attr=fixed(1.0), bias_attr=fixed(0.0))
+        self.gamma = nn.Embedding(num_classes, num_features)
+        self.beta = nn.Embedding(num_classes, num_features)
+        nn.initializer.Constant(1.0)(self.gamma.weight)
+        nn.initializer.Constant(0.0)(self.beta.weight)
+
+    def forward(self, x, labels):
+        shape = [-1, self.num_features, 1, 1]
+        gamma, beta = self.gamma(labels).reshape(shape), self.beta(labels).reshape(shape)
+        return gamma * self.bn(x) + beta
+
+
+def batch_norm_2d(num_features: int, num_classes: int) -> nn.Layer:
+    """A generator's BatchNorm: conditional on the class when num_classes > 0."""
+    if num_classes > 0:
+        return ConditionalBatchNorm2D(num_features, num_classes)
+    return nn.BatchNorm2D(num_features)
+
+
+def normalise(bn: nn.Layer, x, labels):
+    """bn(x), with the labels where bn is conditional."""
+    return bn(x, labels) if isinstance(bn, ConditionalBatchNorm2D) else bn(x)
+
+
 class TwiceDifferentiableSpectralNorm(SpectralNorm):
     """Paddle's spectral-norm hook (paddle.nn.utils.spectral_norm) with sigma = sum(u * W v)
     where Paddle computes dot(u, mv(W, v)): the same value, from ops whose gradients can be
@@ -136,6 +183,10 @@ class TwiceDifferentiableSpectralNorm(SpectralNorm):
 
 __all__ = [
     "BatchNorm2D",
+    "ConditionalBatchNorm2D",
+    "batch_norm_2d",
+    "class_labels",
+    "normalise",
     "Dropout",
     "double_backward_mode",
     "TwiceDifferentiableSpectralNorm",

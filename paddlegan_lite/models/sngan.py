@@ -17,7 +17,13 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from paddlegan_lite.models.layers import UpsampleConv2D
+from paddlegan_lite.models.layers import (
+    ConditionalBatchNorm2D,
+    UpsampleConv2D,
+    batch_norm_2d,
+    class_labels,
+    normalise,
+)
 
 RESIDUAL_GAIN = math.sqrt(2.0)  # Xavier gain of the convs on the residual paths (mimicry)
 
@@ -54,67 +60,23 @@ def _downsample(x):
     return F.avg_pool2d(x, kernel_size=2, stride=2)
 
 
-def _labels(labels, net: str):
-    """Class labels as int64 [N] (from [N] or [N, 1]); refused when missing."""
-    if labels is None:
-        raise ValueError(f"this {net} is class-conditional: pass labels (int64 [N])")
-    return labels.reshape([-1])
-
-
-class ConditionalBatchNorm2D(nn.Layer):
-    """BatchNorm2D with no learned scale and shift, then the label's: y = gamma[label] * bn(x) +
-    beta[label], gamma and beta [num_classes, C] embeddings initialised to 1 and 0.
-
-    x [N, C, H, W], labels int64 [N] -> [N, C, H, W].
-    """
-
-    def __init__(self, num_features: int, num_classes: int):
-        super().__init__()
-        self.num_features = num_features
-        # its own scale and shift held at 1 and 0 rather than absent: Paddle Inference's
-        # conv2d_transpose_bias_bn fuse pass fails on a batch_norm without them (PIR, 3.3.1)
-        fixed = lambda value: paddle.ParamAttr(  # noqa: E731
-            initializer=nn.initializer.Constant(value), trainable=False
-        )
-        self.bn = nn.BatchNorm2D(num_features, weight_attr=fixed(1.0), bias_attr=fixed(0.0))
-        self.gamma = nn.Embedding(num_classes, num_features)
-        self.beta = nn.Embedding(num_classes, num_features)
-        nn.initializer.Constant(1.0)(self.gamma.weight)
-        nn.initializer.Constant(0.0)(self.beta.weight)
-
-    def forward(self, x, labels):
-        shape = [-1, self.num_features, 1, 1]
-        gamma, beta = self.gamma(labels).reshape(shape), self.beta(labels).reshape(shape)
-        return gamma * self.bn(x) + beta
-
-
-def _batch_norm(num_features: int, num_classes: int) -> nn.Layer:
-    if num_classes > 0:
-        return ConditionalBatchNorm2D(num_features, num_classes)
-    return nn.BatchNorm2D(num_features)
-
-
-def _normalise(bn: nn.Layer, x, labels):
-    return bn(x, labels) if isinstance(bn, ConditionalBatchNorm2D) else bn(x)
-
-
 class GBlock(nn.Layer):
     """G's residual up-block: (BN, ReLU, 2x upsample, 3x3 conv, BN, ReLU, 3x3 conv) plus a 1x1 conv
     of the upsampled input. x [N, Ci, H, W] -> [N, Co, 2H, 2W]."""
 
     def __init__(self, in_channels: int, out_channels: int, num_classes: int = 0):
         super().__init__()
-        self.b1 = _batch_norm(in_channels, num_classes)
+        self.b1 = batch_norm_2d(in_channels, num_classes)
         # "2x nearest upsample, then 3x3 conv" as one UpsampleConv2D, which ops.accelerate
         # computes as one transposed conv
         self.c1 = _xavier(UpsampleConv2D(in_channels, out_channels, 3, padding=1), RESIDUAL_GAIN)
-        self.b2 = _batch_norm(out_channels, num_classes)
+        self.b2 = batch_norm_2d(out_channels, num_classes)
         self.c2 = _xavier(nn.Conv2D(out_channels, out_channels, 3, padding=1), RESIDUAL_GAIN)
         self.c_sc = _xavier(nn.Conv2D(in_channels, out_channels, 1))
 
     def forward(self, x, labels=None):
-        h = self.c1(F.relu(_normalise(self.b1, x, labels)))
-        h = self.c2(F.relu(_normalise(self.b2, h, labels)))
+        h = self.c1(F.relu(normalise(self.b1, x, labels)))
+        h = self.c2(F.relu(normalise(self.b2, h, labels)))
         # Shortcut: upsample then 1x1 conv, computed as 1x1 conv then upsample. The same function:
         # the conv acts on each pixel alone and nearest upsampling copies pixels, so they commute;
         # this order convolves 4x fewer pixels.
@@ -148,7 +110,7 @@ class SNGANGenerator(nn.Layer):
         self.conv = _xavier(nn.Conv2D(ngf, channels, 3, padding=1))
 
     def forward(self, z, labels=None):
-        labels = _labels(labels, "generator") if self.num_classes else None
+        labels = class_labels(labels, "generator") if self.num_classes else None
         h = self.fc(z).reshape([-1, self.ngf, 4, 4])
         for block in self.blocks:
             h = block(h, labels)
@@ -223,7 +185,7 @@ class SNGANDiscriminator(nn.Layer):
         logits = self.fc(h).reshape([-1])  # reshape: flatten has no double grad (penalties)
         if self.num_classes:
             # projection: the class enters as an inner product with the features
-            logits = logits + (self.embed(_labels(labels, "discriminator")) * h).sum(axis=1)
+            logits = logits + (self.embed(class_labels(labels, "discriminator")) * h).sum(axis=1)
         return logits
 
 

@@ -25,6 +25,8 @@ TINY = {
     "acgan_mnist": ["model.ngf=8", "model.ndf=4"],
     "sngan_cifar10": ["model.ngf=8", "model.ndf=8"],
     "sngan_cifar10_cond": ["model.ngf=8", "model.ndf=8"],
+    "dcgan_cifar10_32_cond": ["model.ngf=8", "model.ndf=8"],
+    "acgan_cifar10": ["model.ngf=8", "model.ndf=4"],
 }
 
 
@@ -86,7 +88,10 @@ def test_every_config_trains_through_the_tool(repo_root, data_roots, tmp_path, n
         assert len(trainable) >= 6
         for pname, param in trainable:  # (BatchNorm statistics are non-trainable parameters)
             change = np.abs(tensors[key][pname] - param.numpy()).max()
-            assert 0 < change < 10 * lr * STEPS, (key, pname, change)
+            # the hinge loss's gradient for a bias on D's logit is (fakes - reals inside the
+            # margin) / batch: exactly 0 while every logit is inside it, as in the first steps
+            still = key == "netD" and cfg.train.loss == "hinge" and pname == "adv_head.bias"
+            assert change < 10 * lr * STEPS and (still or change > 0), (key, pname, change)
 
 
 def test_resume_auto_without_checkpoint_starts_fresh(data_roots, tmp_path):

@@ -30,6 +30,7 @@ TINY = {
     "acgan_mnist": ["model.ngf=8", "model.ndf=4"],
     "sngan_cifar10": ["model.ngf=8", "model.ndf=8"],
     "sngan_cifar10_cond": ["model.ngf=8", "model.ndf=8"],
+    "dcgan_cifar10_32_cond": ["model.ngf=8", "model.ndf=8"],
 }
 
 
@@ -113,7 +114,9 @@ def test_infer_cfg_describes_the_model(exported, name):
     assert names == sorted(["infer_cfg.yml", infer_cfg["model_file"], "inference.pdiparams"])
 
 
-@pytest.mark.parametrize("name", ["dcgan_cifar10", "acgan_mnist", "sngan_cifar10_cond"])
+@pytest.mark.parametrize(
+    "name", ["dcgan_cifar10", "acgan_mnist", "sngan_cifar10_cond", "dcgan_cifar10_32_cond"]
+)
 def test_a_seed_gives_the_same_image_in_any_batch(exported, name):
     gen = Generator(exported[name][2], batch_size=3)  # 8 seeds: runs of 3, 3 and 2
     label = 4 if gen.conditional else None
@@ -154,7 +157,14 @@ def test_export_that_does_not_match_is_refused_and_not_deployable(exported, tmp_
 
 # ---------------------------------------------------------------------- ONNX
 @pytest.mark.parametrize(
-    "name", ["mlp_gan_mnist", "dcgan_cifar10", "acgan_mnist", "sngan_cifar10_cond"]
+    "name",
+    [
+        "mlp_gan_mnist",
+        "dcgan_cifar10",
+        "acgan_mnist",
+        "sngan_cifar10_cond",
+        "dcgan_cifar10_32_cond",
+    ],
 )
 def test_onnx_export_matches_dynamic_graph(exported, tmp_path, name):
     onnxruntime = pytest.importorskip("onnxruntime")

@@ -31,6 +31,8 @@ CONFIGS = [
     "acgan_mnist",
     "sngan_cifar10",
     "sngan_cifar10_cond",
+    "acgan_cifar10",
+    "dcgan_cifar10_32_cond",
 ]
 
 
@@ -274,6 +276,7 @@ SNGAN_SIZES = {"nz": 6, "ngf": 3, "ndf": 5, "init_std": 0.0}  # 0 keeps sngan.py
         ModelConfig("mlp_gan", nz=7, hidden=5, image_size=6, channels=3),
         ModelConfig("dcgan", nz=5, ngf=3, ndf=5, image_size=8, channels=1),
         ModelConfig("dcgan", nz=5, ngf=3, ndf=5, image_size=32, channels=3),
+        ModelConfig("dcgan", nz=5, ngf=4, ndf=5, image_size=16, channels=3, num_classes=7),
         ModelConfig("acgan", nz=6, ngf=3, ndf=2, image_size=28, channels=1, num_classes=10),
         ModelConfig("acgan", nz=6, ngf=3, ndf=2, image_size=12, channels=3, num_classes=3),
         ModelConfig("sngan", image_size=32, channels=3, **SNGAN_SIZES),

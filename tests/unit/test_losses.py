@@ -193,8 +193,10 @@ def test_the_trainer_penalises_d_with_elementwise_batch_norms(mnist_root, tmp_pa
         # sngan_cifar10_cond -o train.r1_gamma=0.1, and WGAN-GP on a normalised DCGAN
         ("sngan_cifar10_cond", ["train.r1_gamma=0.1"]),
         ("dcgan_mnist", ["model.spectral_norm=d", "train.loss=wgan", "train.gp_weight=10"]),
+        # through the projection and D's BatchNorm (double_backward_mode)
+        ("dcgan_cifar10_32_cond", ["train.r1_gamma=0.1", "model.spectral_norm=d"]),
     ],
-    ids=["wgan-gp", "lazy-r1", "sngan-cond-r1", "dcgan-sn-wgan-gp"],
+    ids=["wgan-gp", "lazy-r1", "sngan-cond-r1", "dcgan-sn-wgan-gp", "dcgan-cond-sn-r1"],
 )
 def test_two_training_steps_with_a_penalty(mnist_root, tmp_path, name, options):
     cfg = tiny_cfg(name, mnist_root, tmp_path, "train.max_steps=2", *options)

@@ -105,17 +105,19 @@ def test_image_size_must_be_4_times_a_power_of_two(size):
 
 
 def test_num_classes_in_the_config(tmp_path):
-    """sngan takes 0 (unconditional) or >= 2 classes; other unconditional families none."""
+    """sngan and dcgan take 0 (unconditional) or >= 2 classes; mlp_gan none."""
     path = tmp_path / "c.yaml"
     for model, error in [
         ("{name: sngan, num_classes: 0}", None),
         ("{name: sngan, num_classes: 10}", None),
         ("{name: sngan, num_classes: 1}", "must be 0 \\(unconditional\\) or >= 2 for sngan, got 1"),
-        ("{name: dcgan, num_classes: 10}", "is only for acgan and sngan; set it to 0"),
+        ("{name: mlp_gan, num_classes: 10}", "set it to 0 for mlp_gan"),
+        ("{name: dcgan, num_classes: 10}", None),
+        ("{name: dcgan, num_classes: 1}", "must be 0 \\(unconditional\\) or >= 2 for dcgan"),
     ]:
         path.write_text(f"model: {model}\ntrain: {{max_steps: 1}}\n")
         if error is None:
-            assert load_config(path).model.name == "sngan"
+            assert load_config(path).model.name in model
         else:
             with pytest.raises(ConfigError, match=error):
                 load_config(path)

@@ -25,6 +25,7 @@ FAMILIES = {
     "acgan": ("acgan_mnist", ["model.ngf=16", "model.ndf=4"]),
     "sngan": ("sngan_cifar10", ["model.ngf=16", "model.ndf=16"]),
     "sngan_cond": ("sngan_cifar10_cond", ["model.ngf=16", "model.ndf=16"]),
+    "dcgan_cond": ("dcgan_cifar10_32_cond", ["model.ngf=16", "model.ndf=16"]),
     "dcgan_sn": (
         "dcgan_mnist",
         ["model.ngf=16", "model.ndf=16", "model.image_size=32", "model.spectral_norm=gd"],
@@ -40,6 +41,7 @@ EXPECTED = {
     "acgan": ({"FastUpsampleConv2D": 2, "FastConv2D": 1}, {"FastConv2D": 4, "FastLeakyReLU": 4}),
     "sngan": ({"FastUpsampleConv2D": 3, "FastConv2D": 7}, {"FastConv2D": 10}),
     "sngan_cond": ({"FastUpsampleConv2D": 3, "FastConv2D": 7}, {"FastConv2D": 10}),
+    "dcgan_cond": ({"FastConv2DTranspose": 4}, {"FastConv2D": 4, "FastLeakyReLU": 3}),
     "dcgan_sn": ({"FastConv2DTranspose": 4}, {"FastConv2D": 4, "FastLeakyReLU": 3}),
 }
 
