@@ -65,7 +65,7 @@ class DCGANGenerator(nn.Layer):
         if not self.num_classes:
             return self.main(x)
         labels = class_labels(labels, "generator")
-        for layer in self.main.children():
+        for layer in self.main.children():  # the same layers; a conditional BatchNorm's gets labels
             x = normalise(layer, x, labels)
         return x
 
@@ -76,7 +76,9 @@ class DCGANDiscriminator(nn.Layer):
     flattened last feature map that the final 4x4 conv reads (a class-specific final conv), and
     labels are required; with 0 labels are ignored."""
 
-    def __init__(self, ndf: int = 64, channels: int = 3, image_size: int = 64, num_classes=0):
+    def __init__(
+        self, ndf: int = 64, channels: int = 3, image_size: int = 64, num_classes: int = 0
+    ):
         super().__init__()
         self.num_classes = num_classes
         n = num_doublings(image_size)
@@ -121,10 +123,9 @@ def init_weights(net: nn.Layer, std: float = 0.02) -> None:
     for layer in net.sublayers():
         if isinstance(layer, (nn.Conv2D, nn.Conv2DTranspose, nn.Linear)):
             normal(layer.weight)
-
         elif isinstance(layer, (nn.BatchNorm2D, nn.BatchNorm1D)):
             if layer.weight is None or layer.weight.stop_gradient:  # a fixed affine part
-                continue  # (SNGAN's conditional BatchNorm: the class's gain and shift follow)
+                continue  # (conditional BatchNorm: the class's gain and shift follow)
             around_one(layer.weight)
         else:
             continue
