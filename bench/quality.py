@@ -63,6 +63,7 @@ CONFIGS = (
     "sngan_cifar10_cond",
     "acgan_cifar10",
     "dcgan_cifar10_32_cond",
+    "dcgan_cifar10_32_fast",
 )
 DIFFAUGMENT = "train.diffaugment=color,translation,cutout"
 R1 = ["train.r1_gamma=0.1", "train.r1_interval=4"]
@@ -73,6 +74,7 @@ VARIANTS = {
     "sn+da": ["model.spectral_norm=d", DIFFAUGMENT],
     "r1": R1,  # R1 on real images (Mescheder et al. 2018), lazy
     "sn+r1": ["model.spectral_norm=d", *R1],
+    "ttur": ["optimizer.g.lr=1.0e-4", "optimizer.d.lr=4.0e-4"],  # Heusel et al. 2017
 }
 # pytorch/examples dcgan/main.py's defaults, as a bench/torch_reference.py config
 EXAMPLES_DCGAN = {

@@ -157,7 +157,7 @@ def load_generator(checkpoint: str | Path, weights: str = "auto"):
 
     weights: "auto" takes the EMA generator when the run kept one, "ema" insists on it, "raw"
     takes G's own weights (to measure what the EMA brings)."""
-    from paddlegan_lite.models import build_models
+    from paddlegan_lite.models import build_models, recompute_batch_norm_statistics
 
     if weights not in WEIGHT_CHOICES:
         raise UserError(f"weights must be one of {', '.join(WEIGHT_CHOICES)}, got {weights!r}")
@@ -173,7 +173,9 @@ def load_generator(checkpoint: str | Path, weights: str = "auto"):
         raise CheckpointError(f"checkpoint {checkpoint} lacks netG: not a training checkpoint")
     netG, _ = build_models(run_cfg.model)
     ckpt.load_layer_arrays(netG, tensors[key], "generator")
-    netG.eval()  # BatchNorm with running statistics: one image never depends on its batch
+    # eval mode (BatchNorm with running statistics: one image never depends on its batch), the
+    # statistics those of these very weights (the trainer's samples and eval do the same)
+    recompute_batch_norm_statistics(netG)
     return netG, run_cfg, state, key
 
 

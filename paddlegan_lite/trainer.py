@@ -12,6 +12,7 @@ class (AC-GAN's second head) its cross-entropy joins both losses. Under
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import signal
@@ -38,6 +39,7 @@ from paddlegan_lite.losses import (
     gradient_penalty,
     r1_penalty,
 )
+from paddlegan_lite.models import recompute_batch_norm_statistics
 from paddlegan_lite.models.layers import double_backward_mode
 from paddlegan_lite.train_state import TrainState, sample_grid_nrow
 
@@ -310,6 +312,13 @@ class GANTrainer:
         """The generator that samples, eval and export see: the EMA one when kept."""
         return self.state.netG_ema if self.state.netG_ema is not None else self.state.netG
 
+    def sampling_copy(self):
+        """A copy of sample_net() in eval mode with BatchNorm statistics of its own weights
+        (models.recompute_batch_norm_statistics), as export and tools/eval.py load a checkpoint:
+        the grids and eval score what a user exports. A copy, so the run's own nets and
+        checkpoints are what training alone makes of them."""
+        return recompute_batch_norm_statistics(copy.deepcopy(self.sample_net()))
+
     def ema_decay(self) -> float:
         """train.ema_decay, warmed up as min(decay, (1 + step) / (10 + step)): a plain 0.999
         would still give the random initial weights 0.999^780 = 46% of the average after 780
@@ -475,11 +484,9 @@ class GANTrainer:
     def save_samples(self, logger: RunLogger) -> Path | None:
         if not distributed.is_main():
             return None  # rank 0 draws the grids
-        net = self.sample_net()
-        net.eval()  # BatchNorm with running statistics, as the exported model runs
+        net = self.sampling_copy()  # eval mode, as the exported model runs
         with paddle.no_grad():
             images = self.generate(self.state.fixed_z, self.state.fixed_labels, net=net).numpy()
-        net.train()
         grid = make_grid(to_uint8(images), nrow=sample_grid_nrow(self.cfg))
         path = save_png(self.run_dir / "samples" / f"step_{self.state.step:08d}.png", grid)
         logger.image("samples", grid, self.state.step)
@@ -500,7 +507,7 @@ class GANTrainer:
         from paddlegan_lite.evaluation import generator_fn
 
         start = time.perf_counter()
-        report = self.evaluator(generator_fn(self.sample_net()))
+        report = self.evaluator(generator_fn(self.sampling_copy()))
         metrics = {k: v for k, v in report.items() if isinstance(v, float)}  # not class_hist
         step = self.state.step
         line = f"eval step {step}: " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items())

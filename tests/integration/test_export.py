@@ -306,7 +306,7 @@ def test_a_tf32_reference_fails_the_float32_check_and_the_cpu_reference_passes(
         export.check_paddle_inference(tmp_path / "out", z, labels, tf32_reference)
     # the CPU float32 reference holds the CPU predictor to 1e-4
     diff = export.check_paddle_inference(tmp_path / "out", z, labels, cpu_reference)
-    assert diff == pytest.approx(0.0, abs=1e-6)
+    assert diff == pytest.approx(0.0, abs=1e-5)  # conv + BatchNorm fused: rounding only
 
 
 class FakeGPUGenerator(Generator):
@@ -335,7 +335,7 @@ def test_gpu_predictor_is_checked_at_the_tf32_tolerance(untrained_acgan, tmp_pat
     check = infer_cfg["check"]
     assert check["gpu_tolerance"] == export.GPU_TOLERANCE
     assert export.TOLERANCE < check["paddle_inference_gpu_max_abs_diff"] < export.GPU_TOLERANCE
-    assert check["paddle_inference_max_abs_diff"] == pytest.approx(0.0, abs=1e-6)
+    assert check["paddle_inference_max_abs_diff"] == pytest.approx(0.0, abs=1e-5)
 
     # a GPU predictor that is wrong beyond TF32's rounding still fails the export
     FakeGPUGenerator.gpu_outputs = lambda z, labels: (

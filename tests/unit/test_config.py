@@ -33,6 +33,7 @@ CONFIGS = [
     "sngan_cifar10_cond",
     "acgan_cifar10",
     "dcgan_cifar10_32_cond",
+    "dcgan_cifar10_32_fast",
 ]
 
 

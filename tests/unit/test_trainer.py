@@ -80,6 +80,33 @@ def test_ema_is_the_running_average_of_g(mnist_root, tmp_path):
     check_update(0.75)  # later the configured decay
 
 
+def test_grids_and_eval_sample_what_a_loaded_checkpoint_samples_and_change_nothing(
+    mnist_root, tmp_path
+):
+    cfg = tiny_cfg("dcgan_mnist", mnist_root, tmp_path / "run", "train.max_steps=2",
+        "train.ema_decay=0.9",
+    )  # fmt: skip
+    trainer = build_trainer(cfg, build_dataset(cfg.data, 32, 1))
+    trainer.fit()
+    nets = (trainer.netG, trainer.netD, trainer.netG_ema)
+    before = [{k: v.numpy().copy() for k, v in net.state_dict().items()} for net in nets]
+    paddle.seed(7)
+    sampling = trainer.sampling_copy()
+    drawn_next = paddle.randn([4]).numpy()
+    paddle.seed(7)
+    np.testing.assert_array_equal(drawn_next, paddle.randn([4]).numpy())  # RNG untouched
+    assert trainer.netG.training and trainer.netD.training
+    for net, state in zip(nets, before):  # the run's own nets (statistics too) as they were
+        for k, v in net.state_dict().items():
+            np.testing.assert_array_equal(v.numpy(), state[k], err_msg=k)
+    loaded, *_ = load_generator(find_latest(tmp_path / "run" / "checkpoints"))
+    assert not sampling.training
+    for (k, v), w in zip(sampling.state_dict().items(), loaded.state_dict().values()):
+        np.testing.assert_allclose(v.numpy(), w.numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+    ema_mean = trainer.netG_ema.state_dict()["main.1._mean"].numpy()
+    assert np.abs(sampling.state_dict()["main.1._mean"].numpy() - ema_mean).max() > 1e-4
+
+
 def both_nets(trainer) -> dict:
     """G's and D's state as numpy arrays, keyed netG.<name> / netD.<name>."""
     return {
