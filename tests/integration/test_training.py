@@ -130,5 +130,7 @@ def test_eval_during_training_logs_fid_and_keeps_best(mnist_root, tmp_path, monk
         netG, _, _, loaded = load_generator(best, weights)
         assert loaded == key
         for name, value in netG.state_dict().items():
+            if name.endswith(("._mean", "._variance")):
+                continue  # recomputed for these weights (tests/unit/test_train_state.py)
             np.testing.assert_array_equal(value.numpy(), tensors[key][name])
     assert "class_hist" not in evals[0] and 0 <= evals[0]["class_min_share"] <= 10
