@@ -36,7 +36,7 @@ def channel(v):
     return v.reshape([1, -1, 1, 1])
 
 
-def test_statistics_are_the_average_over_its_own_samples_of_each_batchs():
+def test_statistics_are_the_average_of_each_batchs_over_its_own_samples():
     netG = tiny_generator()
     convT1, bn1, _, convT2, bn2 = list(netG.main.children())[:5]
     rng = np.random.default_rng(STATISTICS_SEED)
@@ -70,10 +70,8 @@ def test_the_same_statistics_whatever_ran_before_and_paddles_rng_untouched():
     paddle.seed(11)
     recompute_batch_norm_statistics(a)
     after = paddle.randn([3])
-    paddle.seed(11)
-    np.testing.assert_array_equal(
-        after.numpy(), paddle.randn([3]).numpy()
-    )  # its noise is numpy's: training draws the same
+    paddle.seed(11)  # its noise is numpy's: training draws the same numbers as without it
+    np.testing.assert_array_equal(after.numpy(), paddle.randn([3]).numpy())
     recompute_batch_norm_statistics(b)
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-6, atol=1e-7, err_msg=name)
