@@ -75,6 +75,7 @@ VARIANTS = {
     "r1": R1,  # R1 on real images (Mescheder et al. 2018), lazy
     "sn+r1": ["model.spectral_norm=d", *R1],
     "ttur": ["optimizer.g.lr=1.0e-4", "optimizer.d.lr=4.0e-4"],  # Heusel et al. 2017
+    "flip": ["data.hflip=true"],  # real images mirrored at random
 }
 # pytorch/examples dcgan/main.py's defaults, as a bench/torch_reference.py config
 EXAMPLES_DCGAN = {

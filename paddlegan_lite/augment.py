@@ -109,3 +109,14 @@ TRANSFORMS = {
     "translation": (translation,),
     "cutout": (cutout,),
 }
+
+
+# ---------------------------------------------------------------------- real images only
+def random_hflip(x):
+    """Each image mirrored left-right with probability 1/2 (data.hflip): for real images only,
+    as StyleGAN2-ADA's --mirror and BigGAN's CIFAR loaders. Unlike DiffAugment this changes the
+    data, not what D sees of it: a mirrored photo is another photo of the same distribution, so G
+    learns to draw both and D gets twice the distinct images of a small dataset. Wrong for data
+    whose mirror image is not of it (digits, text)."""
+    mirror = _uniform(x.shape[0]) < 0.5
+    return paddle.where(mirror, x.flip(axis=[3]), x)

@@ -70,6 +70,7 @@ class DataConfig:
     download: bool = True  # try the official download when files are missing
     skip_bad: bool = False  # image folders: skip unreadable files (warn with a count)
     num_workers: int = 0  # DataLoader worker processes (0: load in the main process)
+    hflip: bool = False  # mirror real images left-right at random (photos; not digits or text)
 
 
 @dataclass

@@ -26,7 +26,7 @@ import paddle.nn.functional as F
 
 from paddlegan_lite import checkpoint as ckpt
 from paddlegan_lite import distributed, run_folder
-from paddlegan_lite.augment import diff_augment
+from paddlegan_lite.augment import diff_augment, random_hflip
 from paddlegan_lite.cli import exit_now
 from paddlegan_lite.config import Config, check_run, diffaugment_policies, dump_config
 from paddlegan_lite.errors import UserError
@@ -170,6 +170,8 @@ class GANTrainer:
                     paddle.seed(s.step_seed())
                     z, gen_labels = self.sample_latent(real.shape[0])
                     distributed.seed_per_rank(s.step_seed())
+                    if self.cfg.data.hflip:
+                        real = random_hflip(real)
 
                     # (1) Update D: maximise log D(x) + log(1 - D(G(z))) (or the chosen loss)
                     loss_d, d_real, d_fake, fake = self.d_step(real, labels, z, gen_labels)

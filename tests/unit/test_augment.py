@@ -1,4 +1,5 @@
-"""DiffAugment (augment.py): each transform by hand, gradients, the config key, training."""
+"""DiffAugment and the mirroring of real images (augment.py): each transform by hand, gradients,
+the config keys, training."""
 
 import math
 
@@ -194,17 +195,67 @@ def test_config_reads_a_policy_list(repo_root):
     assert load_config(repo_root / "configs" / "dcgan_mnist.yaml").train.diffaugment == ""
 
 
-def test_training_with_diffaugment_is_finite_and_repeatable(mnist_root, tmp_path):
-    def run(folder, policy):
-        options = ("train.max_steps=2", f"train.diffaugment={policy}")
-        cfg = tiny_cfg("dcgan_mnist", mnist_root, tmp_path / folder, *options)
+@pytest.mark.parametrize("option", [f"train.diffaugment={ALL_TEXT}", "data.hflip=true"])
+def test_training_with_augmentation_is_finite_and_repeatable(mnist_root, tmp_path, option):
+    def run(folder, *options):
+        cfg = tiny_cfg("dcgan_mnist", mnist_root, tmp_path / folder, "train.max_steps=2", *options)
         last = train(cfg)
         assert math.isfinite(last["loss_d"]) and math.isfinite(last["loss_g"])
         return load_checkpoint(find_latest(tmp_path / folder / "checkpoints"))[1]
 
-    a, b, plain = run("a", ALL_TEXT), run("b", ALL_TEXT), run("plain", "")
+    a, b, plain = run("a", option), run("b", option), run("plain")
     for part in ("netG", "netD"):
         for key in a[part]:
             np.testing.assert_array_equal(a[part][key], b[part][key])
     # the option reaches the D and G steps: without it the same seed trains other weights
     assert any(not np.array_equal(a["netD"][k], plain["netD"][k]) for k in a["netD"])
+
+
+# ---------------------------------------------------------------------- data.hflip
+@pytest.mark.parametrize("draw, mirrored", [(0.2, True), (0.7, False)])
+def test_random_hflip_mirrors_where_the_draw_is_under_a_half(monkeypatch, draw, mirrored):
+    fix_uniform(monkeypatch, draw)
+    x = images((3, 2, 4, 5))
+    expected = as_np(x)[..., ::-1] if mirrored else as_np(x)
+    np.testing.assert_array_equal(as_np(augment.random_hflip(x)), expected)
+
+
+def test_random_hflip_mirrors_about_half_and_follows_the_seed():
+    x = images((400, 1, 2, 3))
+    paddle.seed(5)
+    first = as_np(augment.random_hflip(x))
+    paddle.seed(5)
+    np.testing.assert_array_equal(as_np(augment.random_hflip(x)), first)
+    same = (first == as_np(x)).all(axis=(1, 2, 3))
+    flipped = (first == as_np(x)[..., ::-1]).all(axis=(1, 2, 3))
+    assert (same | flipped).all() and not (same & flipped).any()
+    assert 150 < flipped.sum() < 250
+
+
+def test_data_hflip_mirrors_the_real_batch_d_sees(mnist_root, tmp_path, monkeypatch):
+    """Each step's D step gets the real batch as random_hflip returned it; off (the default),
+    random_hflip is never called."""
+    from paddlegan_lite import trainer as trainer_module
+
+    mirrored, seen = [], []
+    real_flip, real_d_step = augment.random_hflip, trainer_module.GANTrainer.d_step
+
+    def recording_flip(x):
+        mirrored.append((as_np(x), as_np(real_flip(x))))
+        return paddle.to_tensor(mirrored[-1][1])
+
+    def recording_d_step(self, real, *args):
+        seen.append(as_np(real))
+        return real_d_step(self, real, *args)
+
+    monkeypatch.setattr(trainer_module, "random_hflip", recording_flip)
+    monkeypatch.setattr(trainer_module.GANTrainer, "d_step", recording_d_step)
+    options = ("train.max_steps=2", "data.hflip=true")
+    train(tiny_cfg("dcgan_mnist", mnist_root, tmp_path / "on", *options))
+    assert len(mirrored) == len(seen) == 2
+    for (before, after), real in zip(mirrored, seen):
+        np.testing.assert_array_equal(real, after)
+        assert not np.array_equal(after, before)  # some image of the batch was mirrored
+    seen.clear()
+    train(tiny_cfg("dcgan_mnist", mnist_root, tmp_path / "off", "train.max_steps=2"))
+    assert len(seen) == 2 and len(mirrored) == 2  # the default never mirrors
