@@ -64,6 +64,7 @@ CONFIGS = (
     "acgan_cifar10",
     "dcgan_cifar10_32_cond",
     "dcgan_cifar10_32_fast",
+    "dcgan_cifar10_32_fast_cond",
 )
 DIFFAUGMENT = "train.diffaugment=color,translation,cutout"
 R1 = ["train.r1_gamma=0.1", "train.r1_interval=4"]

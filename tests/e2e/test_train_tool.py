@@ -27,6 +27,8 @@ TINY = {
     "sngan_cifar10_cond": ["model.ngf=8", "model.ndf=8"],
     "dcgan_cifar10_32_cond": ["model.ngf=8", "model.ndf=8"],
     "acgan_cifar10": ["model.ngf=8", "model.ndf=4"],
+    # dcgan_cifar10_32_fast's mirroring and Adam, conditional
+    "dcgan_cifar10_32_fast_cond": ["model.ngf=8", "model.ndf=8"],
 }
 
 

@@ -34,6 +34,7 @@ CONFIGS = [
     "acgan_cifar10",
     "dcgan_cifar10_32_cond",
     "dcgan_cifar10_32_fast",
+    "dcgan_cifar10_32_fast_cond",
 ]
 
 
@@ -59,12 +60,12 @@ def test_seed_hyperparameters(repo_root):
     dcgan_64 = load_config(repo_root / "configs/dcgan_mnist_64.yaml")  # the tutorial's size
     assert (dcgan.model.image_size, dcgan_64.model.image_size) == (32, 64)
     assert dcgan.model.ngf == dcgan_64.model.ngf == 32 and dcgan.train.loss == "hinge"
-    sngan = load_config(repo_root / "configs/sngan_cifar10.yaml")  # Miyato et al.'s recipe
+    sngan = load_config(repo_root / "configs/sngan_cifar10.yaml")  # Miyato et al.'s setting C
     assert (sngan.model.name, sngan.model.spectral_norm) == ("sngan", "d")
-    assert sngan.train.loss == "hinge"
+    assert sngan.train.loss == "hinge" and sngan.train.d_steps == 1
     assert (sngan.optimizer.d.beta1, sngan.optimizer.d.beta2, sngan.optimizer.lr_decay) == (
-        0.0,
-        0.9,
+        0.5,
+        0.999,
         "linear",
     )
     cond = load_config(repo_root / "configs/sngan_cifar10_cond.yaml")
