@@ -132,9 +132,13 @@ class ConditionalBatchNorm2D(nn.Layer):
         nn.initializer.Constant(0.0)(self.beta.weight)
 
     def forward(self, x, labels):
-        shape = [-1, self.num_features, 1, 1]
-        gamma, beta = self.gamma(labels).reshape(shape), self.beta(labels).reshape(shape)
-        return gamma * self.bn(x) + beta
+        _, c, h, w = x.shape
+        # Each sample's gain and shift as [N*C, 1] columns over the [N*C, H*W] rows of bn(x):
+        # the function of broadcasting [N, C, 1, 1] over [N, C, H, W], 4x faster forward +
+        # backward on Paddle's CPU kernels (bench/RESULTS.md)
+        rows = self.bn(x).reshape([-1, h * w])
+        gamma, beta = self.gamma(labels).reshape([-1, 1]), self.beta(labels).reshape([-1, 1])
+        return (rows * gamma + beta).reshape([-1, c, h, w])
 
 
 def batch_norm_2d(num_features: int, num_classes: int) -> nn.Layer:

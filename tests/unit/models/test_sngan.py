@@ -231,6 +231,24 @@ def test_conditional_batch_norm_by_hand():
     for shape in ([5], [5, 1]):
         got = cbn(paddle.to_tensor(x), paddle.to_tensor(labels.reshape(shape)))
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
+    # gradients of sum(weights * y): gamma[k] gathers sum(weights * normed) over label k's
+    # samples and pixels, beta[k] sum(weights); the input's flows back through the BatchNorm
+    weights = np.random.default_rng(1).standard_normal(x.shape).astype("float32")
+    xt = paddle.to_tensor(x, stop_gradient=False)
+    (cbn(xt, paddle.to_tensor(labels)) * paddle.to_tensor(weights)).sum().backward()
+    want_gamma, want_beta = np.zeros_like(gamma), np.zeros_like(beta)
+    np.add.at(want_gamma, labels, (weights * normed).sum(axis=(2, 3)))
+    np.add.at(want_beta, labels, weights.sum(axis=(2, 3)))
+    np.testing.assert_allclose(cbn.gamma.weight.grad.numpy(), want_gamma, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(cbn.beta.weight.grad.numpy(), want_beta, rtol=1e-4, atol=1e-4)
+    g = weights * gamma[labels][:, :, None, None]  # d loss / d normed
+    inv_std = 1 / np.sqrt(x.var(axis=(0, 2, 3), keepdims=True) + 1e-5)
+    want_x = inv_std * (
+        g
+        - g.mean(axis=(0, 2, 3), keepdims=True)
+        - normed * (g * normed).mean(axis=(0, 2, 3), keepdims=True)
+    )
+    np.testing.assert_allclose(xt.grad.numpy(), want_x, rtol=1e-3, atol=1e-4)
 
 
 def test_conditional_generator_images_depend_on_the_label():
