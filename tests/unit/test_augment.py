@@ -16,7 +16,8 @@ from paddlegan_lite.config import (
     diffaugment_policies,
     load_config,
 )
-from paddlegan_lite.trainer import train
+from paddlegan_lite.datasets import build_dataset
+from paddlegan_lite.trainer import build_trainer, train
 
 ALL_TEXT = "color,translation,cutout"  # as train.diffaugment spells it
 ALL = ["color", "translation", "cutout"]  # as the trainer hands it to diff_augment
@@ -259,3 +260,41 @@ def test_data_hflip_mirrors_the_real_batch_d_sees(mnist_root, tmp_path, monkeypa
     seen.clear()
     train(tiny_cfg("dcgan_mnist", mnist_root, tmp_path / "off", "train.max_steps=2"))
     assert len(seen) == 2 and len(mirrored) == 2  # the default never mirrors
+
+
+def test_every_d_pass_sees_its_own_augmented_batch(mnist_root, tmp_path, monkeypatch):
+    """DiffAugment as Zhao et al. apply it: real and fake images augmented before every D pass,
+    in the D step and the G step, each pass with fresh draws; off (the default), D sees the
+    images as they are."""
+    from paddlegan_lite import trainer as trainer_module
+
+    calls, seen = [], []
+    real_augment = augment.diff_augment
+
+    def recording_augment(x, policies):
+        out = real_augment(x, policies)
+        calls.append((as_np(x), as_np(out)))
+        return out
+
+    monkeypatch.setattr(trainer_module, "diff_augment", recording_augment)
+    options = ("train.max_steps=1", "train.d_steps=1")
+    cfg = tiny_cfg(
+        "dcgan_mnist", mnist_root, tmp_path / "on", *options, f"train.diffaugment={ALL_TEXT}"
+    )
+    trainer = build_trainer(cfg, build_dataset(cfg.data, cfg.model.image_size, 1, train=True))
+    trainer.netD.register_forward_pre_hook(lambda layer, args: seen.append(as_np(args[0])))
+    trainer.fit()
+    assert len(calls) == len(seen) == 3  # real and fake in the D step, fake in the G step
+    for (before, after), d_input in zip(calls, seen):
+        np.testing.assert_array_equal(d_input, after)  # D sees the augmented batch only
+        assert not np.array_equal(after, before)
+    # the D step's fake and the G step's fake are the same images, drawn for separately
+    np.testing.assert_array_equal(calls[1][0], calls[2][0])
+    assert not np.array_equal(calls[1][1], calls[2][1])
+
+    calls.clear(), seen.clear()
+    cfg = tiny_cfg("dcgan_mnist", mnist_root, tmp_path / "off", *options)
+    trainer = build_trainer(cfg, build_dataset(cfg.data, cfg.model.image_size, 1, train=True))
+    trainer.netD.register_forward_pre_hook(lambda layer, args: seen.append(as_np(args[0])))
+    trainer.fit()
+    assert len(seen) == 3 and all(np.array_equal(x, y) for x, y in calls)

@@ -96,9 +96,12 @@ def linear_d(w):
     return lambda x: (x * w).reshape([x.shape[0], -1]).sum(axis=1)
 
 
+# ||w|| = 2.4 or 0.24: the gradient penalty pulls the input gradient's norm down to 1 from above
+# and up to 1 from below (its weight gradient changes sign); R1 always pulls it to 0
+@pytest.mark.parametrize("scale", [1.0, 0.1])
 @pytest.mark.parametrize("which", ["gp", "r1"])
-def test_penalty_and_its_weight_gradient_in_closed_form(which):
-    w_np = np.array([[0.3, -1.2], [2.0, 0.5]], dtype="float32")
+def test_penalty_and_its_weight_gradient_in_closed_form(which, scale):
+    w_np = np.array([[0.3, -1.2], [2.0, 0.5]], dtype="float32") * np.float32(scale)
     w = t(w_np)
     w.stop_gradient = False
     rng = np.random.default_rng(0)
