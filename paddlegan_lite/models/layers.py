@@ -1,7 +1,7 @@
-"""Layers the models need beyond Paddle's own: an upsample-then-conv unit, and a batch norm, a
-dropout and a spectral norm whose gradients can be differentiated again (quickly). All are plain
-Paddle math; the faster CPU twins of Paddle's layers and of the upsampling conv live in
-paddlegan_lite/ops and are swapped in by `ops.accelerate(net)`.
+"""Layers the models need beyond Paddle's own: an upsample-then-conv and a conv-then-pool unit,
+and a batch norm, a dropout and a spectral norm whose gradients can be differentiated again
+(quickly). All are plain Paddle math; the faster CPU twins of Paddle's layers and of the
+resampling convs live in paddlegan_lite/ops and are swapped in by `ops.accelerate(net)`.
 """
 
 from __future__ import annotations
@@ -13,31 +13,59 @@ import paddle.nn.functional as F
 from paddle import nn
 from paddle.nn.utils.spectral_norm_hook import SpectralNorm
 
+# kernel size -> the padding that keeps the side: the convolutions the resampling layers below
+# take (ops/layers.py folds each with its resampling into one stride-2 conv)
+SAME_SIZE_PADDING = {1: 0, 3: 1}
+
+
+def _check_same_size_conv(layer: nn.Conv2D, name: str) -> None:
+    kernel, padding = list(layer._kernel_size), layer._padding
+    size_kept = kernel[0] == kernel[1] and SAME_SIZE_PADDING.get(kernel[0]) == padding
+    if not size_kept or list(layer._stride) != [1, 1]:
+        raise ValueError(
+            f"{name} is for 1x1 (padding 0) and 3x3 (padding 1) convolutions with stride 1"
+        )
+    plain = (
+        layer._padding_mode == "zeros"
+        and layer._data_format == "NCHW"
+        and layer._groups == 1
+        and list(layer._dilation) == [1, 1]
+    )
+    if not plain:  # the cases the folded convs compute
+        raise ValueError(f"{name} takes zero padding, NCHW, no groups or dilation")
+
 
 class UpsampleConv2D(nn.Conv2D):
-    """2x nearest upsampling followed by this 3x3, padding-1 nn.Conv2D: [N, Ci, H, W] ->
+    """2x nearest upsampling followed by this 3x3 (padding 1) or 1x1 nn.Conv2D: [N, Ci, H, W] ->
     [N, Co, 2H, 2W].
 
     One layer rather than nn.Upsample + nn.Conv2D so that `ops.accelerate` can compute the pair
     as one transposed conv with folded weights (ops/layers.py). Its parameters are nn.Conv2D's
-    ([Co, Ci, 3, 3] weight, bias): checkpoints hold the same keys either way.
+    ([Co, Ci, k, k] weight, bias): checkpoints hold the same keys either way.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if list(self._kernel_size) != [3, 3] or self._padding != 1 or list(self._stride) != [1, 1]:
-            raise ValueError("UpsampleConv2D is for 3x3 convolutions with padding 1 and stride 1")
-        plain = (
-            self._padding_mode == "zeros"
-            and self._data_format == "NCHW"
-            and self._groups == 1
-            and list(self._dilation) == [1, 1]
-        )
-        if not plain:  # the cases the folded transposed conv computes
-            raise ValueError("UpsampleConv2D takes zero padding, NCHW, no groups or dilation")
+        _check_same_size_conv(self, "UpsampleConv2D")
 
     def forward(self, x):
         return super().forward(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class ConvPool2D(nn.Conv2D):
+    """This 3x3 (padding 1) or 1x1 nn.Conv2D followed by 2x2 average pooling, stride 2:
+    [N, Ci, H, W] -> [N, Co, H/2, W/2] (SNGAN's down-blocks).
+
+    One layer so that `ops.accelerate` can compute the pair as one stride-2 conv with folded
+    weights (ops/layers.py); nn.Conv2D's parameters, so checkpoints keep their keys.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _check_same_size_conv(self, "ConvPool2D")
+
+    def forward(self, x):
+        return F.avg_pool2d(super().forward(x), kernel_size=2, stride=2)
 
 
 class Dropout(nn.Dropout):
@@ -188,6 +216,7 @@ class TwiceDifferentiableSpectralNorm(SpectralNorm):
 __all__ = [
     "BatchNorm2D",
     "ConditionalBatchNorm2D",
+    "ConvPool2D",
     "batch_norm_2d",
     "class_labels",
     "normalise",

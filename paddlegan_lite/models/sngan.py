@@ -19,6 +19,7 @@ from paddle import nn
 
 from paddlegan_lite.models.layers import (
     ConditionalBatchNorm2D,
+    ConvPool2D,
     UpsampleConv2D,
     batch_norm_2d,
     class_labels,
@@ -46,20 +47,6 @@ def _xavier(layer: nn.Layer, gain: float = 1.0) -> nn.Layer:
     return layer
 
 
-def _upsample(x):
-    """2x nearest upsampling: [N, C, H, W] -> [N, C, 2H, 2W]. Each pixel broadcast to a 2x2
-    patch: the values of F.interpolate(mode="nearest"), faster than Paddle's CPU kernel for it."""
-    _, c, h, w = x.shape
-    patches = x.reshape([-1, c, h, 1, w, 1]).expand([-1, c, h, 2, w, 2])
-    return patches.reshape([-1, c, 2 * h, 2 * w])
-
-
-def _downsample(x):
-    """2x2 average pooling, stride 2: [N, C, H, W] -> [N, C, H/2, W/2]. The stock op: Paddle 3.3
-    differentiates its gradient again (R1, WGAN-GP), as it does F.relu's and the sum's."""
-    return F.avg_pool2d(x, kernel_size=2, stride=2)
-
-
 class GBlock(nn.Layer):
     """G's residual up-block: (BN, ReLU, 2x upsample, 3x3 conv, BN, ReLU, 3x3 conv) plus a 1x1 conv
     of the upsampled input. x [N, Ci, H, W] -> [N, Co, 2H, 2W]."""
@@ -67,20 +54,17 @@ class GBlock(nn.Layer):
     def __init__(self, in_channels: int, out_channels: int, num_classes: int = 0):
         super().__init__()
         self.b1 = batch_norm_2d(in_channels, num_classes)
-        # "2x nearest upsample, then 3x3 conv" as one UpsampleConv2D, which ops.accelerate
+        # each "2x nearest upsample, then conv" is one UpsampleConv2D, which ops.accelerate
         # computes as one transposed conv
         self.c1 = _xavier(UpsampleConv2D(in_channels, out_channels, 3, padding=1), RESIDUAL_GAIN)
         self.b2 = batch_norm_2d(out_channels, num_classes)
         self.c2 = _xavier(nn.Conv2D(out_channels, out_channels, 3, padding=1), RESIDUAL_GAIN)
-        self.c_sc = _xavier(nn.Conv2D(in_channels, out_channels, 1))
+        self.c_sc = _xavier(UpsampleConv2D(in_channels, out_channels, 1))
 
     def forward(self, x, labels=None):
         h = self.c1(F.relu(normalise(self.b1, x, labels)))
         h = self.c2(F.relu(normalise(self.b2, h, labels)))
-        # Shortcut: upsample then 1x1 conv, computed as 1x1 conv then upsample. The same function:
-        # the conv acts on each pixel alone and nearest upsampling copies pixels, so they commute;
-        # this order convolves 4x fewer pixels.
-        return h + _upsample(self.c_sc(x))
+        return h + self.c_sc(x)
 
 
 class SNGANGenerator(nn.Layer):
@@ -125,12 +109,14 @@ class OptimizedDBlock(nn.Layer):
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.c1 = _xavier(nn.Conv2D(in_channels, out_channels, 3, padding=1), RESIDUAL_GAIN)
-        self.c2 = _xavier(nn.Conv2D(out_channels, out_channels, 3, padding=1), RESIDUAL_GAIN)
-        self.c_sc = _xavier(nn.Conv2D(in_channels, out_channels, 1))
+        # each "conv, then 2x2 average pool" is one ConvPool2D, which ops.accelerate computes as
+        # one stride-2 conv; the shortcut pools then convolves in mimicry, the same function (a
+        # 1x1 conv and a spatial average commute)
+        self.c2 = _xavier(ConvPool2D(out_channels, out_channels, 3, padding=1), RESIDUAL_GAIN)
+        self.c_sc = _xavier(ConvPool2D(in_channels, out_channels, 1))
 
     def forward(self, x):
-        h = _downsample(self.c2(F.relu(self.c1(x))))
-        return h + self.c_sc(_downsample(x))
+        return self.c2(F.relu(self.c1(x))) + self.c_sc(x)
 
 
 class DBlock(nn.Layer):
@@ -140,18 +126,16 @@ class DBlock(nn.Layer):
 
     def __init__(self, in_channels: int, out_channels: int, downsample: bool):
         super().__init__()
-        self.downsample = downsample
         self.c1 = _xavier(nn.Conv2D(in_channels, in_channels, 3, padding=1), RESIDUAL_GAIN)
-        self.c2 = _xavier(nn.Conv2D(in_channels, out_channels, 3, padding=1), RESIDUAL_GAIN)
+        # the convs that precede the pool and the pool as one ConvPool2D (OptimizedDBlock)
+        conv = ConvPool2D if downsample else nn.Conv2D
+        self.c2 = _xavier(conv(in_channels, out_channels, 3, padding=1), RESIDUAL_GAIN)
         learnable_sc = downsample or in_channels != out_channels
-        self.c_sc = _xavier(nn.Conv2D(in_channels, out_channels, 1)) if learnable_sc else None
+        self.c_sc = _xavier(conv(in_channels, out_channels, 1)) if learnable_sc else None
 
     def forward(self, x):
         h = self.c2(F.relu(self.c1(F.relu(x))))
-        shortcut = x if self.c_sc is None else self.c_sc(x)
-        if self.downsample:
-            h, shortcut = _downsample(h), _downsample(shortcut)
-        return h + shortcut
+        return h + (x if self.c_sc is None else self.c_sc(x))
 
 
 class SNGANDiscriminator(nn.Layer):

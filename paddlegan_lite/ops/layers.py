@@ -14,7 +14,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from paddlegan_lite.models.layers import UpsampleConv2D
+from paddlegan_lite.models.layers import ConvPool2D, UpsampleConv2D
 from paddlegan_lite.ops import onednn
 
 
@@ -87,30 +87,60 @@ class FastConv2DTranspose(nn.Conv2DTranspose):
         return onednn.conv2d_transpose(x, self.weight, self.bias, self._stride, padding)
 
 
-# Row k: which rows of a 3x3 kernel, run on a 2x nearest-upsampled map, read the input row that a
-# stride-2 4x4 transposed kernel's row k reads. Output row 2i+a reads upsampled rows 2i+a-1..+1,
-# i.e. input rows (i-1, i, i) for a = 0 and (i, i, i+1) for a = 1.
-_FOLD_3X3_TO_4X4 = [[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+def _fold(kernel_size: int) -> list[list[float]]:
+    """[k + 1, k]: row r has ones at taps r - 1 and r of a k-tap kernel. Folded with 2x2 average
+    pooling after it, a same-size conv's output row i averages conv rows 2i and 2i + 1, which
+    read input row 2i + r - pad through exactly these taps (halved per axis). Folded with 2x
+    nearest upsampling before it, the same rows reversed give the taps of a stride-2 transposed
+    conv (its kernel runs flipped against a conv's)."""
+    k = kernel_size
+    return [[1.0 if 0 <= r - a <= 1 else 0.0 for a in range(k)] for r in range(k + 1)]
+
+
+def _folded_kernel(rows, weight):
+    """fold @ weight @ fold^T over the last two axes: [Co, Ci, k, k] -> [Co, Ci, k+1, k+1], the
+    fold in the weight's dtype (float16 weights after AMP O2 decorate)."""
+    fold = paddle.to_tensor(rows, dtype=weight.dtype)
+    return paddle.matmul(paddle.matmul(fold, weight), fold, transpose_y=True)
 
 
 class FastUpsampleConv2D(UpsampleConv2D):
-    """UpsampleConv2D (2x nearest upsampling, then a 3x3 conv) computed as one stride-2 transposed
-    conv whose 4x4 kernel sums the 3x3 taps that read the same input pixel.
+    """UpsampleConv2D (2x nearest upsampling, then a 3x3 or 1x1 conv) computed as one stride-2
+    transposed conv whose (k+1)x(k+1) kernel sums the taps that read the same input pixel.
 
-    Same function and same parameters, with 2.25x fewer multiply-adds (16 taps per 2x2 output
-    pixels instead of 36) and no upsampled copy (bench/RESULTS.md#measurements-behind-the-code).
+    Same function and same parameters, with 2.25x fewer multiply-adds for 3x3 (16 taps per 2x2
+    output pixels instead of 36) and no upsampled copy
+    (bench/RESULTS.md#measurements-behind-the-code).
     """
 
     def forward(self, x):
         """x [N, Ci, H, W] -> [N, Co, 2H, 2W]."""
-        # [4, 3] @ [Co, Ci, 3, 3] @ [3, 4] -> [Co, Ci, 4, 4], then the transposed-conv layout;
-        # the fold in the weight's dtype (float16 weights after AMP O2 decorate)
-        fold = paddle.to_tensor(_FOLD_3X3_TO_4X4, dtype=self.weight.dtype)
-        kernel = paddle.matmul(paddle.matmul(fold, self.weight), fold, transpose_y=True)
-        kernel = kernel.transpose([1, 0, 2, 3])
+        rows = _fold(self._kernel_size[0])[::-1]  # reversed: see _fold
+        kernel = _folded_kernel(rows, self.weight).transpose([1, 0, 2, 3])  # [Ci, Co, ...]
+        padding = (self._padding, self._padding)
         if onednn.supported(x, kernel, self.bias):
-            return onednn.conv2d_transpose(x, kernel, self.bias, (2, 2), (1, 1))
-        y = F.conv2d_transpose(x, kernel, stride=2, padding=1)
+            return onednn.conv2d_transpose(x, kernel, self.bias, (2, 2), padding)
+        y = F.conv2d_transpose(x, kernel, stride=2, padding=padding)
+        return _add_bias(y, self.bias)
+
+
+class FastConvPool2D(ConvPool2D):
+    """ConvPool2D (a 3x3 or 1x1 conv, then 2x2 average pooling) computed as one stride-2 conv
+    whose (k+1)x(k+1) kernel averages the taps that read the same input pixel.
+
+    Same function and same parameters, with no pooling op and, for 3x3, 2.25x fewer
+    multiply-adds (16 taps per output pixel instead of 4 x 9).
+    """
+
+    def forward(self, x):
+        """x [N, Ci, H, W] -> [N, Co, H/2, W/2]."""
+        # 0.5 per axis: the mean of the 2x2 window
+        rows = [[0.5 * tap for tap in row] for row in _fold(self._kernel_size[0])]
+        kernel = _folded_kernel(rows, self.weight)
+        padding = (self._padding, self._padding)
+        if onednn.supported(x, kernel, self.bias):
+            return onednn.conv2d(x, kernel, self.bias, (2, 2), padding)
+        y = F.conv2d(x, kernel, stride=2, padding=padding)
         return _add_bias(y, self.bias)
 
 
@@ -131,12 +161,14 @@ FAST_TWINS = {
     nn.Conv2DTranspose: FastConv2DTranspose,
     nn.LeakyReLU: FastLeakyReLU,
     UpsampleConv2D: FastUpsampleConv2D,
+    ConvPool2D: FastConvPool2D,
 }
 
 __all__ = [
     "FAST_TWINS",
     "FastConv2D",
     "FastConv2DTranspose",
+    "FastConvPool2D",
     "FastLeakyReLU",
     "FastUpsampleConv2D",
 ]

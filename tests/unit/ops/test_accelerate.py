@@ -13,7 +13,7 @@ from paddle import nn
 
 from paddlegan_lite.config import load_config
 from paddlegan_lite.models import build_models
-from paddlegan_lite.models.layers import UpsampleConv2D
+from paddlegan_lite.models.layers import ConvPool2D, UpsampleConv2D
 from paddlegan_lite.ops import accelerate, onednn
 from paddlegan_lite.ops.layers import FAST_TWINS
 
@@ -34,13 +34,17 @@ FAMILIES = {
 
 # What accelerate makes of each net (layer class name -> count), worked out from the models:
 # DCGAN at 32x32 has 3 stride-2 layers; SNGAN at 32x32 has 3 G blocks (each an upsample conv, a
-# 3x3 conv and a 1x1 shortcut) and 4 D blocks with 3, 3, 2 and 2 convs.
+# 3x3 conv and an upsample 1x1 shortcut) and 4 D blocks with 3, 3, 2 and 2 convs, the first two
+# blocks' last conv and shortcut pooling after them.
 EXPECTED = {
     "mlp_gan": ({}, {"FastLeakyReLU": 2}),
     "dcgan": ({"FastConv2DTranspose": 4}, {"FastConv2D": 4, "FastLeakyReLU": 3}),
     "acgan": ({"FastUpsampleConv2D": 2, "FastConv2D": 1}, {"FastConv2D": 4, "FastLeakyReLU": 4}),
-    "sngan": ({"FastUpsampleConv2D": 3, "FastConv2D": 7}, {"FastConv2D": 10}),
-    "sngan_cond": ({"FastUpsampleConv2D": 3, "FastConv2D": 7}, {"FastConv2D": 10}),
+    "sngan": ({"FastUpsampleConv2D": 6, "FastConv2D": 4}, {"FastConv2D": 6, "FastConvPool2D": 4}),
+    "sngan_cond": (
+        {"FastUpsampleConv2D": 6, "FastConv2D": 4},
+        {"FastConv2D": 6, "FastConvPool2D": 4},
+    ),
     "dcgan_cond": ({"FastConv2DTranspose": 4}, {"FastConv2D": 4, "FastLeakyReLU": 3}),
     "dcgan_sn": ({"FastConv2DTranspose": 4}, {"FastConv2D": 4, "FastLeakyReLU": 3}),
 }
@@ -177,6 +181,7 @@ def test_accelerate_leaves_subclasses_and_other_layers_alone():
     conv = accelerate(nn.Conv2D(3, 4, 3))  # the net itself may be a layer to swap
     assert type(conv).__name__ == "FastConv2D"
     assert type(accelerate(UpsampleConv2D(4, 4, 3, padding=1))).__name__ == "FastUpsampleConv2D"
+    assert type(accelerate(ConvPool2D(4, 4, 1))).__name__ == "FastConvPool2D"
 
 
 def test_the_run_set_up_trains_accelerated_nets(tmp_path):

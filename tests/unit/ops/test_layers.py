@@ -17,7 +17,7 @@ from paddlegan_lite.config import load_config
 from paddlegan_lite.models import build_models
 from paddlegan_lite.models.acgan import ACGANDiscriminator, ACGANGenerator
 from paddlegan_lite.models.dcgan import DCGANDiscriminator, DCGANGenerator
-from paddlegan_lite.models.layers import Dropout, UpsampleConv2D
+from paddlegan_lite.models.layers import SAME_SIZE_PADDING, ConvPool2D, Dropout, UpsampleConv2D
 from paddlegan_lite.models.mlp_gan import MLPDiscriminator
 from paddlegan_lite.ops import accelerate, onednn
 from paddlegan_lite.ops.layers import FastConv2D, FastLeakyReLU
@@ -61,44 +61,80 @@ def test_fast_conv2d_falls_back_outside_its_cases():
         np.testing.assert_array_equal(fast(x).numpy(), stock(x).numpy())
 
 
-@pytest.mark.parametrize("prepare", [accelerate, lambda layer: layer], ids=["fast", "plain"])
-@pytest.mark.parametrize("ci, co, side", [(8, 8, 7), (8, 4, 14), (3, 5, 1), (2, 3, 6)])
-def test_upsample_conv_matches_upsample_then_conv(ci, co, side, prepare):
-    paddle.seed(5)
-    stock_conv = nn.Conv2D(ci, co, 3, padding=1)
-    fused = prepare(UpsampleConv2D(ci, co, 3, padding=1))
+def upsample_then_conv(conv):
+    return lambda x: conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+def conv_then_pool(conv):
+    return lambda x: F.avg_pool2d(conv(x), kernel_size=2, stride=2)
+
+
+# each resampling conv layer -> the two stock ops it stands for, and its output side
+RESAMPLING = {
+    UpsampleConv2D: (upsample_then_conv, lambda side: 2 * side),
+    ConvPool2D: (conv_then_pool, lambda side: side // 2),
+}
+
+
+def resampling_pair(layer_cls, ci, co, k, prepare=accelerate):
+    """(stock function, its nn.Conv2D, the layer prepared) with the same random weight and bias."""
+    stock_conv = nn.Conv2D(ci, co, k, padding=SAME_SIZE_PADDING[k])
+    fused = prepare(layer_cls(ci, co, k, padding=SAME_SIZE_PADDING[k]))
+    stock_conv.bias.set_value(paddle.randn([co]))  # Paddle starts biases at 0: make them count
     fused.set_state_dict(stock_conv.state_dict())
-    fused.bias.set_value(paddle.randn([co]))
-    stock_conv.bias.set_value(fused.bias)
+    return RESAMPLING[layer_cls][0](stock_conv), stock_conv, fused
 
-    def stock(x):
-        return stock_conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
+RESAMPLING_SHAPES = [  # layer, ci, co, side (pooling needs a 2x2 window)
+    (layer_cls, ci, co, side)
+    for layer_cls in RESAMPLING
+    for ci, co, side in [(8, 8, 7), (8, 4, 14), (3, 5, 1), (2, 3, 6), (4, 4, 2)]
+    if not (layer_cls is ConvPool2D and side == 1)
+]
+
+
+@pytest.mark.parametrize("prepare", [accelerate, lambda layer: layer], ids=["fast", "plain"])
+@pytest.mark.parametrize("k", [3, 1])
+@pytest.mark.parametrize("layer_cls, ci, co, side", RESAMPLING_SHAPES)
+def test_resampling_conv_matches_its_stock_ops(layer_cls, ci, co, side, k, prepare):
+    """UpsampleConv2D is 2x nearest upsampling then the conv, ConvPool2D the conv then 2x2 average
+    pooling (odd sides floored), the fast twins one stride-2 (transposed) conv each."""
+    paddle.seed(5)
+    stock, stock_conv, fused = resampling_pair(layer_cls, ci, co, k, prepare)
     x = leaf([3, ci, side, side], seed=6)
     want = outputs_and_grads(stock, [x], stock_conv.parameters())
     got = outputs_and_grads(fused, [x], fused.parameters())
-    assert got[0][0].shape == (3, co, 2 * side, 2 * side)
+    out_side = RESAMPLING[layer_cls][1](side)
+    assert got[0][0].shape == (3, co, out_side, out_side)
     for a, b in zip(got[0] + got[1], want[0] + want[1]):
         assert a.shape == b.shape
         assert_close(a, b)
 
 
+@pytest.mark.parametrize("layer_cls", list(RESAMPLING), ids=lambda cls: cls.__name__)
 @pytest.mark.parametrize(
     "args, kwargs",
-    [((4, 4, 5), {"padding": 2}), ((4, 4, 3), {}), ((4, 4, 3), {"padding": 1, "stride": 2})],
+    [
+        ((4, 4, 5), {"padding": 2}),
+        ((4, 4, 3), {}),
+        ((4, 4, 1), {"padding": 1}),
+        ((4, 4, 3), {"padding": 1, "stride": 2}),
+        ((4, 4, [3, 1]), {"padding": 1}),
+    ],
 )
-def test_upsample_conv_refuses_other_shapes(args, kwargs):
-    with pytest.raises(ValueError, match="3x3 convolutions with padding 1 and stride 1"):
-        UpsampleConv2D(*args, **kwargs)
+def test_resampling_conv_refuses_other_shapes(layer_cls, args, kwargs):
+    with pytest.raises(ValueError, match="1x1 \\(padding 0\\) and 3x3 \\(padding 1\\) conv"):
+        layer_cls(*args, **kwargs)
 
 
+@pytest.mark.parametrize("layer_cls", list(RESAMPLING), ids=lambda cls: cls.__name__)
 @pytest.mark.parametrize("prepare", [accelerate, lambda layer: layer], ids=["fast", "plain"])
-def test_upsample_conv_keeps_conv2d_parameters(prepare):
+def test_resampling_conv_keeps_conv2d_parameters(prepare, layer_cls):
     """Same parameter names and shapes as nn.Conv2D: checkpoints load either way."""
-    stock, fused = nn.Conv2D(6, 4, 3, padding=1), prepare(UpsampleConv2D(6, 4, 3, padding=1))
+    stock, fused = nn.Conv2D(6, 4, 3, padding=1), prepare(layer_cls(6, 4, 3, padding=1))
     shapes = {k: tuple(v.shape) for k, v in fused.state_dict().items()}
     assert shapes == {k: tuple(v.shape) for k, v in stock.state_dict().items()}
-    assert isinstance(fused, nn.Conv2D)  # init_weights and export treat it as a conv
+    assert isinstance(fused, nn.Conv2D)  # init_weights, spectral norm and export treat it as one
 
 
 # ---------------------------------------------------------------------------------- oneDNN
@@ -205,18 +241,14 @@ def test_onednn_without_gradients_and_under_no_grad(onednn_runs):
 
 
 @needs_onednn
-def test_upsample_conv_runs_on_onednn(onednn_runs):
-    """UpsampleConv2D's transposed conv takes the oneDNN path (with a strided-view kernel)."""
+@pytest.mark.parametrize("k", [3, 1])
+@pytest.mark.parametrize("layer_cls", list(RESAMPLING), ids=lambda cls: cls.__name__)
+def test_resampling_conv_runs_on_onednn(onednn_runs, layer_cls, k):
+    """The resampling convs' folded (transposed) conv takes the oneDNN path."""
     paddle.seed(18)
-    stock_conv = nn.Conv2D(16, 16, 3, padding=1)
-    fused = accelerate(UpsampleConv2D(16, 16, 3, padding=1))
-    fused.set_state_dict(stock_conv.state_dict())
-    x = leaf([2, 16, 5, 5], seed=19)
-    want = outputs_and_grads(
-        lambda x: stock_conv(F.interpolate(x, scale_factor=2, mode="nearest")),
-        [x],
-        stock_conv.parameters(),
-    )
+    stock, stock_conv, fused = resampling_pair(layer_cls, 16, 16, k)
+    x = leaf([2, 16, 6, 6], seed=19)
+    want = outputs_and_grads(stock, [x], stock_conv.parameters())
     got = outputs_and_grads(fused, [x], fused.parameters())
     assert onednn_runs == ["forward", "input_grad", "weight_grad"]
     for a, b in zip(got[0] + got[1], want[0] + want[1]):
@@ -508,12 +540,15 @@ def test_onednn_backward_refuses_a_gradient_on_another_device():
 
 
 # ---------------------------------------------------------------------------------- paddle.grad
-LAYER_CASES = {  # transposed, ci, co, k, stride, padding, side; None: UpsampleConv2D
+LAYER_CASES = {  # transposed, ci, co, k, stride, padding, side; or (resampling layer, k)
     "conv": (False, 16, 24, 4, 2, 1, 8),
     "conv_few_in_channels": (False, 3, 16, 3, 2, 1, 9),  # D's first layer
     "conv_covering_kernel": (False, 16, 2, 4, 1, 0, 4),  # D's last layer: a matmul
     "transposed": (True, 16, 24, 4, 2, 1, 4),
-    "upsample_conv": None,
+    "upsample_conv": (UpsampleConv2D, 3),
+    "upsample_conv_1x1": (UpsampleConv2D, 1),
+    "conv_pool": (ConvPool2D, 3),
+    "conv_pool_1x1": (ConvPool2D, 1),
 }
 
 
@@ -521,17 +556,10 @@ def layer_case(case):
     """(stock function, stock layer, fast layer, input shape), the same parameters, a random
     bias."""
     paddle.seed(31)
-    if LAYER_CASES[case] is None:
-        stock = nn.Conv2D(16, 16, 3, padding=1)
-        fast = accelerate(UpsampleConv2D(16, 16, 3, padding=1))
-        stock.bias.set_value(paddle.randn([16]))
-        fast.set_state_dict(stock.state_dict())
-        return (
-            lambda x: stock(F.interpolate(x, scale_factor=2, mode="nearest")),
-            stock,
-            fast,
-            [3, 16, 5, 5],
-        )
+    if len(LAYER_CASES[case]) == 2:
+        layer_cls, k = LAYER_CASES[case]
+        stock_fn, stock, fast = resampling_pair(layer_cls, 16, 16, k)
+        return stock_fn, stock, fast, [3, 16, 6, 6]
     transposed, ci, co, k, stride, padding, side = LAYER_CASES[case]
     stock, fast = conv_pair(transposed, ci, co, k, stride, padding, bias=True)
     return stock, stock, fast, [3, ci, side, side]
@@ -614,15 +642,15 @@ def assert_matches_differences(got, stock_fn, stock, x, tensors, penalized=None)
 @pytest.mark.parametrize("case", list(LAYER_CASES))
 def test_gradient_penalty_through_fast_layers_matches_stock(onednn_runs, case):
     """The gradient for the weights of sum(grad_x ** 2) (create_graph=True). Paddle 3.3 has no CPU
-    double-grad kernel for conv2d_transpose and nearest upsampling: for those the stock layer's
-    penalty is differentiated numerically (float64 central differences along random
-    directions) instead of by paddle.grad."""
+    double-grad kernel for conv2d_transpose and nearest upsampling: for those (and the pooling
+    convs alike) the stock layer's penalty is differentiated numerically (float64 central
+    differences along random directions) instead of by paddle.grad."""
     stock_fn, stock, fast, shape = layer_case(case)
     x = leaf(shape, seed=35)
     got = penalty_grads(fast, x, [fast.weight, fast.bias])
     if case != "conv_covering_kernel":
         assert onednn_runs[0] == "forward"
-    if not LAYER_CASES[case] or LAYER_CASES[case][0]:  # transposed
+    if LAYER_CASES[case][0] is not False:  # transposed or resampling
         assert_matches_differences(got, stock_fn, stock, x, ["weight", "bias"])
     else:
         want = penalty_grads(stock_fn, x, [stock.weight, stock.bias])
