@@ -49,6 +49,10 @@ class UpsampleConv2D(nn.Conv2D):
         _check_same_size_conv(self, "UpsampleConv2D")
 
     def forward(self, x):
+        if self._kernel_size[0] == 1:
+            # a 1x1 conv commutes with the upsampling: convolve 4x fewer pixels (exported
+            # generators run this plain forward)
+            return F.interpolate(super().forward(x), scale_factor=2, mode="nearest")
         return super().forward(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
@@ -65,6 +69,8 @@ class ConvPool2D(nn.Conv2D):
         _check_same_size_conv(self, "ConvPool2D")
 
     def forward(self, x):
+        if self._kernel_size[0] == 1:  # pool first, as UpsampleConv2D convolves first
+            return super().forward(F.avg_pool2d(x, kernel_size=2, stride=2))
         return F.avg_pool2d(super().forward(x), kernel_size=2, stride=2)
 
 

@@ -70,6 +70,7 @@ def test_seed_hyperparameters(repo_root):
     )
     cond = load_config(repo_root / "configs/sngan_cifar10_cond.yaml")
     assert cond.model.num_classes == 10 and cond.model.ngf == sngan.model.ngf
+    assert (sngan.train.diffaugment, cond.train.diffaugment) == ("", "color,translation,cutout")
 
 
 def write(tmp_path, name, text):
