@@ -476,11 +476,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def _dtype(self, spec, align=False, copy=True):
         if not isinstance(spec, (str, bytes)):
             raise pickle.UnpicklingError(f"refused dtype spec {type(spec).__name__}")
-        # copy=True always: the pickle's BUILD then sets the state of a copy, never of numpy's
-        # shared dtype singletons
-        return self.plain_dtype(np.dtype(spec, align=bool(align), copy=True))
+        return _PickledDtype(self.plain_dtype(np.dtype(spec, align=bool(align))))
 
     def plain_dtype(self, dtype) -> np.dtype:
+        if isinstance(dtype, _PickledDtype):
+            dtype = dtype.dtype
         if not (isinstance(dtype, np.dtype) and dtype.kind in "biuf" and dtype.fields is None):
             raise DatasetError(
                 f"{self.where}: refused an array of dtype {dtype!r} (CIFAR-10 batches hold uint8 "
@@ -513,6 +513,31 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return array
 
 
+class _PickledDtype:
+    """A dtype as a pickle builds it: numpy.dtype(spec), then BUILD with the dtype's state.
+    numpy's own dtype.__setstate__ crashes the process on some malformed states (a fuzzed batch
+    with one None of the state deleted: a segmentation fault), so the state is checked here
+    against the one numpy gives this dtype, and only its byte order is taken from it; the
+    unpickler's arrays unwrap `.dtype` (plain_dtype)."""
+
+    def __init__(self, dtype: np.dtype):
+        self.dtype = dtype
+
+    def __setstate__(self, state):
+        expected = self.dtype.__reduce__()[2]  # (version, byte order, None, ..., -1, -1, 0)
+        if not (isinstance(state, tuple) and len(state) == len(expected)):
+            raise pickle.UnpicklingError("dtype state is not numpy's")
+        order = state[1].decode("latin1") if isinstance(state[1], bytes) else state[1]
+        others_match = all(
+            type(got) is type(want) and got == want
+            for i, (got, want) in enumerate(zip(state, expected))
+            if i != 1
+        )
+        if order not in ("<", ">", "|", "=") or not others_match:
+            raise pickle.UnpicklingError("dtype state is not numpy's")
+        self.dtype = self.dtype.newbyteorder(order)
+
+
 class _CheckedArray(np.ndarray):
     """The arrays `_RestrictedUnpickler` builds: their state (shape, dtype, raw bytes) is checked
     before numpy's own __setstate__ allocates and fills them."""
@@ -521,12 +546,12 @@ class _CheckedArray(np.ndarray):
         unpickler = getattr(self, "unpickler", None)
         if unpickler is None or not (isinstance(state, tuple) and len(state) in (4, 5)):
             raise pickle.UnpicklingError("array state is not numpy's (shape, dtype, data)")
-        shape, dtype, _, raw = state[-4:]
+        shape, dtype, fortran, raw = state[-4:]
         dtype = unpickler.plain_dtype(dtype)
         unpickler.spend(shape, dtype)
         if not isinstance(raw, bytes) or len(raw) != math.prod(shape) * dtype.itemsize:
             raise pickle.UnpicklingError("array data does not match its shape and dtype")
-        super().__setstate__(state)
+        super().__setstate__((*state[:-4], shape, dtype, fortran, raw))
         del self.unpickler  # checked: the array no longer keeps the unpickler (and its memo)
 
 

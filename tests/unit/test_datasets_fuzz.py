@@ -216,6 +216,27 @@ def test_mutations_do_reach_the_parsers(tmp_path):
     assert "cifar-10-batches-py/data_batch_1" in tarfile.open(fileobj=tar).getnames()
 
 
+@pytest.mark.parametrize(
+    "state",
+    [
+        b"K\x03U\x01|q\x11NNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t",  # one None less
+        b"K\x03U\x01|q\x11NNNJ\xff\xff\xff\xffJ\x00\x01\x00\x00K\x00t",  # alignment 256
+        b"K\x03U\x01!q\x11NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t",  # byte order "!"
+    ],
+)
+def test_malformed_dtype_state_is_refused_not_a_crash(tmp_path, state):
+    """numpy's dtype.__setstate__ took the first of these (found by the fuzzing below) with a
+    segmentation fault: the batch's dtype state must be numpy's own for its dtype."""
+    batch = originals()["batch"]
+    genuine = b"K\x03U\x01|q\x11NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t"
+    assert batch.count(genuine) == 1
+    batches = {f"data_batch_{i}": batch for i in range(2, 6)}
+    batches["data_batch_1"] = batch.replace(genuine, state)
+    write_files(tmp_path / "cifar-10-batches-py", batches)
+    with pytest.raises(DatasetError, match="dtype state is not numpy's"):
+        build_dataset(cifar_cfg(tmp_path), 32, 3)
+
+
 # Values a tampered batch dict could hold where CIFAR-10 has its uint8 rows and 0-9 labels.
 label_values = st.one_of(
     st.integers(),
