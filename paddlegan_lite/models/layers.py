@@ -18,6 +18,17 @@ from paddle.nn.utils.spectral_norm_hook import SpectralNorm
 SAME_SIZE_PADDING = {1: 0, 3: 1}
 
 
+def plain_conv_options(layer) -> bool:
+    """Zero padding mode, NCHW, no groups or dilation: the convs the folded resampling layers and
+    ops/layers.py's fast paths are written for."""
+    return (
+        layer._padding_mode == "zeros"
+        and layer._data_format == "NCHW"
+        and layer._groups == 1
+        and list(layer._dilation) == [1, 1]
+    )
+
+
 def _check_same_size_conv(layer: nn.Conv2D, name: str) -> None:
     kernel, padding = list(layer._kernel_size), layer._padding
     size_kept = kernel[0] == kernel[1] and SAME_SIZE_PADDING.get(kernel[0]) == padding
@@ -25,13 +36,7 @@ def _check_same_size_conv(layer: nn.Conv2D, name: str) -> None:
         raise ValueError(
             f"{name} is for 1x1 (padding 0) and 3x3 (padding 1) convolutions with stride 1"
         )
-    plain = (
-        layer._padding_mode == "zeros"
-        and layer._data_format == "NCHW"
-        and layer._groups == 1
-        and list(layer._dilation) == [1, 1]
-    )
-    if not plain:  # the cases the folded convs compute
+    if not plain_conv_options(layer):
         raise ValueError(f"{name} takes zero padding, NCHW, no groups or dilation")
 
 
@@ -226,6 +231,7 @@ __all__ = [
     "batch_norm_2d",
     "class_labels",
     "normalise",
+    "plain_conv_options",
     "Dropout",
     "double_backward_mode",
     "TwiceDifferentiableSpectralNorm",

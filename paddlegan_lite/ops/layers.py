@@ -10,22 +10,14 @@ always get Paddle's standard ops.
 
 from __future__ import annotations
 
+import functools
+
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from paddlegan_lite.models.layers import ConvPool2D, UpsampleConv2D
+from paddlegan_lite.models.layers import ConvPool2D, UpsampleConv2D, plain_conv_options
 from paddlegan_lite.ops import onednn
-
-
-def _stock_options(layer) -> bool:
-    """Zero padding mode, NCHW, no groups or dilation: the cases the fast paths are written for."""
-    return (
-        layer._padding_mode == "zeros"
-        and layer._data_format == "NCHW"
-        and layer._groups == 1
-        and list(layer._dilation) == [1, 1]
-    )
 
 
 def _padding_pair(padding):
@@ -56,7 +48,7 @@ class FastConv2D(nn.Conv2D):
     CPU run on oneDNN; elsewhere the bias is added as [C, 1, 1]."""
 
     def forward(self, x):
-        if not _stock_options(self):
+        if not plain_conv_options(self):
             return super().forward(x)
         if self._padding == 0 and list(x.shape[2:]) == list(self._kernel_size):
             # [N, Ci*kh*kw] @ [Co, Ci*kh*kw]^T: the conv's single output pixel per sample
@@ -78,7 +70,7 @@ class FastConv2DTranspose(nn.Conv2DTranspose):
         fast = (
             output_size is None
             and _padding_pair(self.output_padding) == (0, 0)
-            and _stock_options(self)
+            and plain_conv_options(self)
             and _use_onednn(self, x, self.weight)
         )
         if not fast:
@@ -87,14 +79,18 @@ class FastConv2DTranspose(nn.Conv2DTranspose):
         return onednn.conv2d_transpose(x, self.weight, self.bias, self._stride, padding)
 
 
-def _fold(kernel_size: int) -> list[list[float]]:
+@functools.cache
+def _fold(kernel_size: int, upsampling: bool) -> tuple:
     """[k + 1, k]: row r has ones at taps r - 1 and r of a k-tap kernel. Folded with 2x2 average
     pooling after it, a same-size conv's output row i averages conv rows 2i and 2i + 1, which
-    read input row 2i + r - pad through exactly these taps (halved per axis). Folded with 2x
-    nearest upsampling before it, the same rows reversed give the taps of a stride-2 transposed
-    conv (its kernel runs flipped against a conv's)."""
+    read input row 2i + r - pad through exactly these taps: halved per axis, the mean of the 2x2
+    window. Folded with 2x nearest upsampling before it, the same rows (not halved) reversed give
+    the taps of a stride-2 transposed conv (its kernel runs flipped against a conv's)."""
     k = kernel_size
-    return [[1.0 if 0 <= r - a <= 1 else 0.0 for a in range(k)] for r in range(k + 1)]
+    rows = [[1.0 if 0 <= r - a <= 1 else 0.0 for a in range(k)] for r in range(k + 1)]
+    if upsampling:
+        return tuple(map(tuple, rows[::-1]))
+    return tuple(tuple(0.5 * tap for tap in row) for row in rows)
 
 
 def _folded_kernel(rows, weight):
@@ -115,8 +111,8 @@ class FastUpsampleConv2D(UpsampleConv2D):
 
     def forward(self, x):
         """x [N, Ci, H, W] -> [N, Co, 2H, 2W]."""
-        rows = _fold(self._kernel_size[0])[::-1]  # reversed: see _fold
-        kernel = _folded_kernel(rows, self.weight).transpose([1, 0, 2, 3])  # [Ci, Co, ...]
+        kernel = _folded_kernel(_fold(self._kernel_size[0], upsampling=True), self.weight)
+        kernel = kernel.transpose([1, 0, 2, 3])  # [Ci, Co, ...]: the transposed-conv layout
         padding = (self._padding, self._padding)
         if onednn.supported(x, kernel, self.bias):
             return onednn.conv2d_transpose(x, kernel, self.bias, (2, 2), padding)
@@ -134,9 +130,7 @@ class FastConvPool2D(ConvPool2D):
 
     def forward(self, x):
         """x [N, Ci, H, W] -> [N, Co, H/2, W/2]."""
-        # 0.5 per axis: the mean of the 2x2 window
-        rows = [[0.5 * tap for tap in row] for row in _fold(self._kernel_size[0])]
-        kernel = _folded_kernel(rows, self.weight)
+        kernel = _folded_kernel(_fold(self._kernel_size[0], upsampling=False), self.weight)
         padding = (self._padding, self._padding)
         if onednn.supported(x, kernel, self.bias):
             return onednn.conv2d(x, kernel, self.bias, (2, 2), padding)
