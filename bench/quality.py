@@ -77,6 +77,7 @@ VARIANTS = {
     "sn+r1": ["model.spectral_norm=d", *R1],
     "ttur": ["optimizer.g.lr=1.0e-4", "optimizer.d.lr=4.0e-4"],  # Heusel et al. 2017
     "flip": ["data.hflip=true"],  # real images mirrored at random
+    "dp": ["model.dual_projection=true"],  # conditional sngan: a dual projection D (Han 2021)
 }
 # pytorch/examples dcgan/main.py's defaults, as a bench/torch_reference.py config
 EXAMPLES_DCGAN = {

@@ -61,6 +61,7 @@ class ModelConfig:
     num_classes: int = 0  # classes of a conditional model: acgan >= 2; dcgan, sngan 0 (off) or >= 2
     init_std: float = 0.02  # N(0, init_std) init of conv weights (DCGAN paper); 0 keeps Paddle's
     spectral_norm: str = ""  # "" off | d: D's conv/linear weights | gd: G's too (Miyato 2018)
+    dual_projection: bool = False  # conditional sngan: D's projection also classifies (Han 2021)
 
 
 @dataclass
@@ -82,7 +83,7 @@ class TrainConfig:
     loss: str = "vanilla"  # vanilla | lsgan | hinge | wgan (see losses.py)
     real_label: float = 1.0  # target for real images in the D loss (0.9: one-sided smoothing)
     d_steps: int = 1  # discriminator steps per generator step
-    cls_weight: float = 1.0  # AC-GAN: weight of the class cross-entropy terms
+    cls_weight: float = 1.0  # AC-GAN, dual projection: weight of the class cross-entropy terms
     gp_weight: float = 0.0  # > 0: WGAN-GP gradient penalty on D, with this weight (10 in the paper)
     r1_gamma: float = 0.0  # > 0: R1 penalty on D's gradient at real images, gamma / 2 * ||grad||^2
     r1_interval: int = 1  # R1 every this many D steps, scaled by it (lazy, as StyleGAN2)
@@ -451,6 +452,12 @@ def _check_values(cfg: Config, source: str) -> None:
     if m.name in ("dcgan", "sngan") and m.num_classes == 1:
         raise ConfigError(
             f"{source}: 'model.num_classes' must be 0 (unconditional) or >= 2 for {m.name}, got 1"
+        )
+    if m.dual_projection and not (m.name == "sngan" and m.num_classes >= 2):
+        raise ConfigError(
+            f"{source}: 'model.dual_projection' is for the projection D of a conditional sngan "
+            f"(model.name: sngan, model.num_classes >= 2), got {m.name} with "
+            f"num_classes {m.num_classes}"
         )
     if m.name == "mlp_gan" and m.num_classes:
         raise ConfigError(

@@ -433,13 +433,15 @@ class GANTrainer:
 
     def d_objective(self, real_out, fake_out, labels, gen_labels):
         """(loss, real logits, fake logits) from D's outputs on real and fake images; a D that
-        also names the class (AC-GAN) adds the class cross-entropy on both."""
+        also names the class adds the class cross-entropy: AC-GAN's on both (Odena et al. 2016),
+        a dual projection D's on real images only (Han et al. 2021; a classifier fitted to G's
+        samples too rewards samples easy to classify rather than true to their class)."""
         (real_logits, real_cls), (fake_logits, fake_cls) = map(split_d_output, (real_out, fake_out))
         loss = d_loss(self.loss_kind, real_logits, fake_logits, self.cfg.train.real_label)
         if real_cls is not None:
-            classes = F.cross_entropy(real_cls, labels.reshape([-1, 1])) + F.cross_entropy(
-                fake_cls, gen_labels.reshape([-1, 1])
-            )
+            classes = F.cross_entropy(real_cls, labels.reshape([-1, 1]))
+            if not self.cfg.model.dual_projection:
+                classes = classes + F.cross_entropy(fake_cls, gen_labels.reshape([-1, 1]))
             loss = loss + self.cfg.train.cls_weight * classes
         return loss, real_logits, fake_logits
 

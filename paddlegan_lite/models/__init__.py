@@ -45,7 +45,7 @@ def _acgan(m: ModelConfig):
 def _sngan(m: ModelConfig):
     return (
         SNGANGenerator(m.nz, m.ngf, m.channels, m.image_size, m.num_classes),
-        SNGANDiscriminator(m.ndf, m.channels, m.image_size, m.num_classes),
+        SNGANDiscriminator(m.ndf, m.channels, m.image_size, m.num_classes, m.dual_projection),
     )
 
 

@@ -143,15 +143,30 @@ class SNGANDiscriminator(nn.Layer):
     logits [N]. With num_classes > 0 a projection D: the logit gains <embed(label), h>, h D's
     pooled features, and labels are required; with 0 labels are ignored.
 
+    dual_projection (Han et al. 2021, "Dual Projection GANs", P2GAN): the inner products of h
+    with every class's embedding are also class logits [N, num_classes], and forward returns
+    (logits, class logits) as AC-GAN's D does; the trainer adds a cross-entropy on them (D on
+    real images, G on its samples), which teaches the embedding the classes directly instead of
+    only through the real/fake game (where a plain projection D learns them slowly: README,
+    "Conditional, in few minutes"). No extra weights: the projection term is one of those logits.
+
     Twice differentiable for R1 and WGAN-GP (tests/unit/models/test_sngan.py checks the
     penalties' weight gradients against finite differences).
     """
 
     def __init__(
-        self, ndf: int = 128, channels: int = 3, image_size: int = 32, num_classes: int = 0
+        self,
+        ndf: int = 128,
+        channels: int = 3,
+        image_size: int = 32,
+        num_classes: int = 0,
+        dual_projection: bool = False,
     ):
         super().__init__()
+        if dual_projection and num_classes < 2:
+            raise ValueError(f"a dual projection D needs num_classes >= 2, got {num_classes}")
         self.num_classes = num_classes
+        self.dual_projection = dual_projection
         n = num_upsamplings(image_size)
         # the first block halves the side; down-blocks follow until 8x8 (32x32: one)
         blocks = [OptimizedDBlock(channels, ndf)]
@@ -167,10 +182,19 @@ class SNGANDiscriminator(nn.Layer):
         # global sum pooling: h [N, ndf]
         h = F.relu(self.blocks(x)).sum(axis=[2, 3])
         logits = self.fc(h).reshape([-1])  # reshape: flatten has no double grad (penalties)
-        if self.num_classes:
+        if not self.num_classes:
+            return logits
+        labels = class_labels(labels, "discriminator")
+        if not self.dual_projection:
             # projection: the class enters as an inner product with the features
-            logits = logits + (self.embed(class_labels(labels, "discriminator")) * h).sum(axis=1)
-        return logits
+            return logits + (self.embed(labels) * h).sum(axis=1)
+        # every class's embedding at once (through the layer, so spectral norm's hook runs):
+        # class_logits[i, k] = <embed(k), h_i>; the projection term picks the label's column
+        # (one-hot product, not a gather: twice differentiable for the penalties)
+        classes = paddle.arange(self.num_classes, dtype="int64")
+        class_logits = paddle.matmul(h, self.embed(classes), transpose_y=True)
+        chosen = F.one_hot(labels, self.num_classes).astype(class_logits.dtype)
+        return logits + (class_logits * chosen).sum(axis=1), class_logits
 
 
 __all__ = [

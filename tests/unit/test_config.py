@@ -71,6 +71,7 @@ def test_seed_hyperparameters(repo_root):
     cond = load_config(repo_root / "configs/sngan_cifar10_cond.yaml")
     assert cond.model.num_classes == 10 and cond.model.ngf == sngan.model.ngf
     assert (sngan.train.diffaugment, cond.train.diffaugment) == ("", "color,translation,cutout")
+    assert cond.model.dual_projection and cond.train.cls_weight == 1.0
 
 
 def write(tmp_path, name, text):
@@ -115,6 +116,17 @@ def test_int_accepted_for_float(tmp_path):
         ("{}\n", "train.device=tpu", "'train.device' must be auto, cpu, gpu or gpu:N"),
         ("{}\n", "noequals", "must look like section.key=value"),
         ("model: {name: acgan}\n", None, "'model.num_classes' must be >= 2 for acgan"),
+        (
+            "model: {name: sngan, dual_projection: true}\n",
+            None,
+            "'model.dual_projection' is for the projection D of a conditional sngan",
+        ),
+        (
+            "model: {num_classes: 10}\n",
+            "model.dual_projection=true",
+            "'model.dual_projection' is for the projection D of a conditional sngan (model.name: "
+            "sngan, model.num_classes >= 2), got dcgan with num_classes 10",
+        ),
         ("{}\n", "eval.extractor=incept", "'eval.extractor' is 'incept'; valid: classifier, incep"),
         ("{}\n", "eval.num_samples=9", "'eval.num_samples' must be >= 10, got 9"),
         ("{}\n", "eval.seed=-1", "'eval.seed' must be >= 0, got -1"),

@@ -1,8 +1,8 @@
 """The trainer (trainer.py) with tiny nets on 40 digits: a checkpoint of another model config is
 refused, a non-finite loss stops before it is saved, the EMA generator, fused Adam, the AMP wiring
 (refused on CPU, simulated half-precision D outputs), learning-rate decay, train.max_minutes, and
-the classes a conditional D sees. Longer runs (resume equals an uninterrupted run, the GAN learns)
-are in integration/test_training.py."""
+the classes a conditional D sees and its class terms. Longer runs (resume equals an uninterrupted
+run, the GAN learns) are in integration/test_training.py."""
 
 import json
 
@@ -227,6 +227,53 @@ def test_a_conditional_d_sees_the_real_and_the_drawn_classes(mnist_root, tmp_pat
     np.testing.assert_array_equal(seen_by_d[1], drawn[0])
     np.testing.assert_array_equal(seen_by_d[2], drawn[0])
     assert not np.array_equal(drawn[0], real_labels)  # drawn, not copied from the data
+
+
+def _cross_entropy(class_logits, labels):
+    shifted = class_logits - class_logits.max(axis=1, keepdims=True)
+    picked = shifted[np.arange(len(labels)), labels]
+    return float(np.mean(np.log(np.exp(shifted).sum(axis=1)) - picked))
+
+
+@pytest.mark.parametrize("name, dual", [("acgan_mnist", False), ("sngan_cifar10_cond", True)])
+def test_class_terms_acgan_on_real_and_fake_dual_projection_on_real(mnist_root, tmp_path, name,
+                                                                    dual):  # fmt: skip
+    """D's class cross-entropy: AC-GAN's on real and fake images (Odena et al.), a dual
+    projection D's on real ones only (Han et al.); G's on its samples for both. By hand on fixed
+    hinge logits and class logits, with train.cls_weight 0.5."""
+    rng = np.random.default_rng(0)
+    real, fake = rng.standard_normal([2, 4]).astype("float32")
+    real_cls, fake_cls = rng.standard_normal([2, 4, 10]).astype("float32") * 3
+    labels, gen_labels = np.array([0, 9, 1, 1]), np.array([2, 9, 0, 7])
+    extra = ["model.dual_projection=true"] if dual else []
+    cfg = tiny_cfg(name, mnist_root, tmp_path, "train.loss=hinge", "train.cls_weight=0.5", *extra)
+    trainer = build_trainer(cfg, dataset=None)
+    t = paddle.to_tensor
+    loss, _, _ = trainer.d_objective((t(real), t(real_cls)), (t(fake), t(fake_cls)),
+                                     t(labels), t(gen_labels))  # fmt: skip
+    hinge = np.maximum(1 - real, 0).mean() + np.maximum(1 + fake, 0).mean()
+    classes = _cross_entropy(real_cls, labels)
+    if not dual:
+        classes += _cross_entropy(fake_cls, gen_labels)
+    assert float(loss) == pytest.approx(hinge + 0.5 * classes, rel=1e-5)
+    g = trainer.g_objective((t(fake), t(fake_cls)), t(gen_labels))
+    assert float(g) == pytest.approx(-fake.mean() + 0.5 * _cross_entropy(fake_cls, gen_labels),
+                                     rel=1e-5)  # fmt: skip
+
+
+def test_dual_projection_trains_with_r1(mnist_root, tmp_path):
+    """A dual projection D through the whole step: its class logits reach the losses, R1 takes
+    the adversarial logits only (a penalty on class logits would fail their shape)."""
+    cfg = tiny_cfg("sngan_cifar10_cond", mnist_root, tmp_path, "model.dual_projection=true",
+                   "train.max_steps=3", "train.r1_gamma=0.1", "train.log_interval=1")  # fmt: skip
+    trainer = build_trainer(cfg, build_dataset(cfg.data, 32, 1))
+    seen = []
+    trainer.netD.register_forward_post_hook(lambda layer, args, out: seen.append(out))
+    trainer.fit()
+    assert all(isinstance(out, tuple) and out[1].shape[1] == 10 for out in seen)
+    rows = [json.loads(row) for row in (tmp_path / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(np.isfinite(r["loss_d"]) and np.isfinite(r["loss_g"]) for r in rows)
 
 
 # ---------------------------------------------------------------------- AMP on a GPU, simulated

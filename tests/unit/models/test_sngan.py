@@ -1,6 +1,7 @@
 """SNGAN's ResNet nets (models/sngan.py): shapes, the blocks against their definition in stock
-ops, conditional BatchNorm and the projection D by hand, R1 / WGAN-GP weight gradients against
-finite differences, spectral norm of every D weight including the class embedding."""
+ops, conditional BatchNorm and the projection D (plain and dual) by hand, R1 / WGAN-GP weight
+gradients against finite differences, spectral norm of every D weight including the class
+embedding."""
 
 import math
 
@@ -281,6 +282,39 @@ def test_projection_logits_in_closed_form():
                                rtol=1e-4, atol=1e-4)  # fmt: skip
 
 
+def test_dual_projection_class_logits_in_closed_form():
+    """Dual projection (P2GAN): the adversarial logits of the plain projection D with the same
+    weights, and class logits [N, K] = h . embed[k] for every class k; spectrally normalised,
+    both use the normalised embedding (the hook runs)."""
+    paddle.seed(5)
+    plain = SNGANDiscriminator(ndf=8, image_size=16, num_classes=4)
+    dual = SNGANDiscriminator(ndf=8, image_size=16, num_classes=4, dual_projection=True)
+    dual.set_state_dict(plain.state_dict())
+    x, labels = paddle.randn([BATCH, 3, 16, 16]), paddle.to_tensor([2, 0, 3, 2])
+    logits, class_logits = dual(x, labels)
+    np.testing.assert_allclose(logits.numpy(), plain(x, labels).numpy(), rtol=1e-5, atol=1e-5)
+    h = F.relu(dual.blocks(x)).sum(axis=[2, 3]).numpy()
+    assert class_logits.shape == [BATCH, 4]
+    np.testing.assert_allclose(class_logits.numpy(), h @ dual.embed.weight.numpy().T,
+                               rtol=1e-4, atol=1e-4)  # fmt: skip
+
+    apply_spectral_norm(dual, embeddings=True)
+    for _ in range(30):  # training mode: a power iteration per forward; then eval, u, v fixed
+        dual(x, labels)
+    dual.eval()
+    _, class_logits = dual(x, labels)
+    h = F.relu(dual.blocks(x)).sum(axis=[2, 3]).numpy()  # the blocks' weights normalised too
+    normalised = dual.embed.weight.numpy()
+    assert np.abs(normalised - dual.embed.weight_orig.numpy()).max() > 1e-3
+    assert np.linalg.svd(normalised, compute_uv=False)[0] == pytest.approx(1.0, abs=0.05)
+    np.testing.assert_allclose(class_logits.numpy(), h @ normalised.T, rtol=1e-4, atol=1e-4)
+
+
+def test_dual_projection_needs_classes():
+    with pytest.raises(ValueError, match="a dual projection D needs num_classes >= 2, got 0"):
+        SNGANDiscriminator(ndf=4, image_size=8, dual_projection=True)
+
+
 def test_conditional_nets_refuse_missing_labels():
     netG = SNGANGenerator(nz=4, ngf=4, image_size=8, num_classes=3)
     netD = SNGANDiscriminator(ndf=4, image_size=8, num_classes=3)
@@ -302,16 +336,22 @@ def test_conditional_nets_refuse_missing_labels():
 
 
 def penalty(which, netD, real, fake, labels):
-    discriminator = lambda x: netD(x, labels)  # noqa: E731
+    def discriminator(x):  # the adversarial logits (a dual projection D adds class logits)
+        out = netD(x, labels)
+        return out[0] if isinstance(out, tuple) else out
+
     paddle.seed(7)  # gradient_penalty's eps: the same draw every call
     if which == "gp":
         return gradient_penalty(discriminator, real, fake, weight=10.0)
     return r1_penalty(discriminator, real, gamma=1.0)
 
 
-@pytest.mark.parametrize("normalised", [False, True], ids=["plain", "spectral_norm"])
+@pytest.mark.parametrize(
+    "normalised, dual", [(False, False), (True, False), (True, True)],
+    ids=["plain", "spectral_norm", "spectral_norm_dual_projection"],
+)  # fmt: skip
 @pytest.mark.parametrize("which", ["gp", "r1"])
-def test_penalty_weight_gradients_match_finite_differences(float64, which, normalised):
+def test_penalty_weight_gradients_match_finite_differences(float64, which, normalised, dual):
     """paddle.grad(create_graph=True) then backward through every op on D's path (convs, ReLU,
     average pooling, the sum pooling, reshape, the projection, and with spectral norm each
     weight's division by sigma(W)): the gradient of the penalty with respect to D's weights
@@ -319,7 +359,7 @@ def test_penalty_weight_gradients_match_finite_differences(float64, which, norma
     bias get (numerically) zero: D is piecewise linear in x. Spectrally normalised, D runs in
     eval mode for the differences (no power iteration moving u and v between evaluations)."""
     paddle.seed(6)
-    netD = SNGANDiscriminator(ndf=4, channels=3, image_size=32, num_classes=3)
+    netD = SNGANDiscriminator(ndf=4, channels=3, image_size=32, num_classes=3, dual_projection=dual)
     rng = np.random.default_rng(0)
     real = paddle.to_tensor(rng.standard_normal([2, 3, 32, 32]))
     fake = paddle.to_tensor(rng.standard_normal([2, 3, 32, 32]))
