@@ -277,7 +277,7 @@ def test_dual_projection_trains_with_r1(mnist_root, tmp_path):
 
 # ---------------------------------------------------------------------- AMP on a GPU, simulated
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("name", ["dcgan_mnist", "acgan_mnist"])
+@pytest.mark.parametrize("name", ["dcgan_mnist", "acgan_mnist", "sngan_cifar10_cond"])
 def test_half_precision_d_outputs_reach_meter_logs_and_checkpoints_as_float32(
     mnist_root, tmp_path, name, dtype
 ):
